@@ -1,0 +1,1 @@
+"""Architecture support: instruction decoding, relocation and encoding (x86_64 only for now)."""

@@ -1,0 +1,290 @@
+"""The ``ktracecli`` command line (Typer).
+
+This module only turns arguments into typed settings and prints results.  The
+heavy modules (catalog, session, datadir, and through them capstone, keystone,
+pyelftools and ptrace) are imported inside the commands that need them.
+
+Errors: :func:`main` is the one boundary.  A :class:`KtraceError` becomes one
+``ktracecli: <message>`` line on stderr and its exit code; usage errors found by
+the argument parser keep their usual message and exit code 2; anything else is
+a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ktracecli import config, filters
+from ktracecli.errors import KtraceError, UsageError
+from ktracecli.registry import build_registry
+
+#: exit status of a command whose standard output was closed early (128 + SIGPIPE), like cat's
+EXIT_BROKEN_PIPE = 141
+ALL_FUNCTIONS_ENABLED = "#### all functions enabled ####"
+
+app = typer.Typer(
+    name="ktracecli",
+    help="ftrace's function and function_graph tracers for user-space x86_64 programs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+ktrace_app = typer.Typer(
+    help="Edit the ktrace filter rules (set_ftrace_filter syntax: [!]pattern[:mod:MODULE]).",
+    no_args_is_help=True,
+)
+app.add_typer(ktrace_app, name="ktrace")
+
+
+# --- global options and helpers -------------------------------------------------------------
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    config_path: Annotated[Optional[Path], typer.Option(
+        "--config", metavar="PATH", dir_okay=False,
+        help=f"Config file (default: ${config.ENV_VAR}, else $XDG_CONFIG_HOME/ktracecli/config.toml).",
+    )] = None,
+) -> None:
+    """ftrace's function and function_graph tracers for user-space x86_64 programs."""
+    ctx.obj = config.resolve_path(config_path)
+
+
+def _config_path(ctx: typer.Context) -> Path:
+    """The config file chosen by the global options."""
+    path = ctx.find_root().obj
+    assert isinstance(path, Path)
+    return path
+
+
+def _choose(path: Path, setting: str, name: str, available: Mapping[str, object]) -> None:
+    """Set ``setting`` (engine or tracer) to ``name`` if it is one of ``available``."""
+    name = name.strip()
+    if name not in available:
+        known = " ".join(available) or "none installed"
+        raise UsageError(f"unknown {setting} {name!r} (available: {known})")
+    if getattr(config.load(path), setting) != name:
+        config.update(path, **{setting: name})
+
+
+def _tokens(patterns: Sequence[str]) -> list[str]:
+    """Split arguments into tokens on whitespace, as the kernel splits a write to set_ftrace_filter."""
+    return [token for pattern in patterns for token in pattern.split()]
+
+
+# --- engine and tracer ----------------------------------------------------------------------
+
+
+@app.command()
+def engine(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help="Engine to use from now on.")] = None,
+    list_: Annotated[bool, typer.Option("--list", "-l", help="List the installed engines.")] = False,
+) -> None:
+    """Show or set the engine that delivers function entries (like the kernel's menuconfig choice)."""
+    path = _config_path(ctx)
+    if list_ and name is not None:
+        raise UsageError("give an engine NAME or --list, not both")
+    if name is not None:
+        _choose(path, "engine", name, build_registry().engines)
+        return
+    current = config.load(path).engine
+    if not list_:
+        typer.echo(current)
+        return
+    engines = build_registry().engines
+    width = max((len(n) for n in engines), default=0) + 2
+    for engine_name, cls in engines.items():
+        label = f"[{engine_name}]" if engine_name == current else f" {engine_name} "
+        typer.echo(f"{label:<{width}}  {cls.description}")
+
+
+@app.command()
+def tracer(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help="Tracer to use from now on.")] = None,
+    list_: Annotated[bool, typer.Option("--list", "-l", help="List the installed tracers.")] = False,
+) -> None:
+    """Show or set the current tracer (like the kernel's current_tracer)."""
+    path = _config_path(ctx)
+    if list_ and name is not None:
+        raise UsageError("give a tracer NAME or --list, not both")
+    if list_:
+        typer.echo(" ".join(build_registry().tracers))
+    elif name is not None:
+        _choose(path, "tracer", name, build_registry().tracers)
+    else:
+        typer.echo(config.load(path).tracer)
+
+
+# --- ktrace filter rules --------------------------------------------------------------------
+
+
+@ktrace_app.command("add")
+def ktrace_add(
+    ctx: typer.Context,
+    patterns: Annotated[list[str], typer.Argument(metavar="PATTERN", help="[!]pattern[:mod:MODULE]")],
+) -> None:
+    """Append filter rules (each is checked first; one already there is left alone)."""
+    path = _config_path(ctx)
+    new = [str(filters.validate(token)) for token in _tokens(patterns)]
+    rules = list(config.load(path).filters)
+    for rule in new:
+        if rule not in rules:
+            rules.append(rule)
+    config.update(path, filters=tuple(rules))
+
+
+@ktrace_app.command("remove")
+def ktrace_remove(
+    ctx: typer.Context,
+    patterns: Annotated[list[str], typer.Argument(metavar="PATTERN", help="Rules exactly as listed.")],
+) -> None:
+    """Remove filter rules, given exactly as ``ktrace list`` prints them."""
+    path = _config_path(ctx)
+    rules = [rule.strip() for rule in config.load(path).filters]
+    tokens = _tokens(patterns)
+    missing = [token for token in tokens if token not in rules]
+    if missing:
+        raise UsageError(f"no such filter rule: {' '.join(missing)} (see 'ktracecli ktrace list')")
+    config.update(path, filters=tuple(rule for rule in rules if rule not in tokens))
+
+
+@ktrace_app.command("list")
+def ktrace_list(ctx: typer.Context) -> None:
+    """Print the filter rules, one per line."""
+    rules = config.load(_config_path(ctx)).filters
+    typer.echo("\n".join(rules) if rules else ALL_FUNCTIONS_ENABLED)
+
+
+@ktrace_app.command("clear")
+def ktrace_clear(ctx: typer.Context) -> None:
+    """Remove every filter rule (all functions of the program are traced again)."""
+    config.update(_config_path(ctx), filters=())
+
+
+# --- available ------------------------------------------------------------------------------
+
+
+@app.command()
+def available(
+    ctx: typer.Context,
+    program: Annotated[str, typer.Argument(metavar="PROGRAM", help="The ELF program to inspect (looked up in PATH).")],
+    rejected: Annotated[bool, typer.Option("--rejected", help="List refused functions and why.")] = False,
+    mod: Annotated[Optional[str], typer.Option(
+        "--mod", metavar="NAME", help="Look in the shared objects matching NAME (a glob).")] = None,
+) -> None:
+    """List the functions the current engine can trace (like available_filter_functions).
+
+    Without --mod the program's own functions are listed; with it, those of its
+    matching libraries, each name followed by its library's name in brackets.
+    """
+    from ktracecli import catalog
+
+    settings = config.load(_config_path(ctx))
+    modules = catalog.available(program, build_registry().engine(settings.engine), mod)
+    traceable = refused = 0
+    for module in modules:
+        suffix = "" if mod is None else f" [{module.name}]"
+        traceable += len(module.analysis.sites)
+        refused += len(module.analysis.refusals)
+        if rejected:
+            lines = [f"{r.name}{suffix}\t{r.reason}"
+                     for r in sorted(module.analysis.refusals, key=lambda r: r.vaddr)]
+        else:
+            lines = [f"{s.name}{suffix}" for s in sorted(module.analysis.sites, key=lambda s: s.vaddr)]
+        if lines:
+            _write_stdout("\n".join(lines) + "\n")
+    total = traceable + refused
+    share = f" ({100 * traceable / total:.1f}% traceable)" if total else ""
+    typer.echo(f"{traceable} functions traceable, {refused} refused{share}", err=True)
+
+
+# --- record and show ------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def record(
+    ctx: typer.Context,
+    argv: Annotated[list[str], typer.Argument(
+        metavar="PROGRAM [ARGS]", help="The program to run and trace, with its own arguments.")],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
+                                         help="Data directory to write.")] = Path("ktrace.data"),
+) -> None:
+    """Run PROGRAM under the current engine and tracer and record what it calls."""
+    from ktracecli import session
+
+    path = _config_path(ctx)
+    settings = config.load(path)
+    record_settings = session.RecordSettings(
+        argv=list(argv),
+        output=output,
+        engine=settings.engine,
+        tracer=settings.tracer,
+        filters=settings.filters,
+        buffer_size_kb=settings.buffer_size_kb,
+        config_path=path,
+    )
+    result = session.record(record_settings, build_registry())
+    why = " (ktracecli available --rejected says why)" if result.refused else ""
+    typer.echo(
+        f"ktracecli: traced {result.traced} functions, refused {result.refused}{why}, "
+        f"{result.events} events recorded, {result.lost} lost, engine {result.engine}",
+        err=True,
+    )
+    raise typer.Exit(result.exit_status)
+
+
+@app.command()
+def show(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Data directory.")] = Path("ktrace.data"),
+) -> None:
+    """Print recorded data in the format of its tracer (like the kernel's trace file)."""
+    from ktracecli import datadir
+
+    data = datadir.load(directory)
+    tracer_ = build_registry().tracer(data.tracer)
+    try:
+        tracer_.show(data, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_closed()
+
+
+def _write_stdout(text: str) -> None:
+    """Write to stdout; a reader that went away (``| head``) ends the command quietly."""
+    try:
+        sys.stdout.write(text)
+    except BrokenPipeError:
+        _stdout_closed()
+
+
+def _stdout_closed() -> None:
+    """Stop quietly after the reader of stdout went away, as cat does on SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    raise typer.Exit(EXIT_BROKEN_PIPE)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; the one place where a :class:`KtraceError` becomes a message."""
+    try:
+        app(args=None if argv is None else list(argv), prog_name="ktracecli")
+    except KtraceError as exc:
+        sys.stdout.flush()
+        print(f"ktracecli: {exc}", file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

@@ -1,0 +1,184 @@
+"""The recorded data directory (default ``ktrace.data/``): writing it and reading it back.
+
+Layout::
+
+    info.json       program, pid, engine, tracer, CPU count, clock calibration, totals
+    sites.json      site index -> function name, module, process address
+    modules.json    executable modules mapped in the process, with their symbol files
+    symbols/N.json  one module's function symbols (module-relative, sorted)
+    threads.json    per thread: pid, tid, comm, record count, lost-event markers
+    events/P-T.bin  the thread's raw ring records, in order
+
+It is written under a temporary name beside the target and renamed into place
+at the end, so an existing trace is only replaced by a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from ktracecli.errors import DataError, UsageError
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class _ThreadFile:
+    pid: int
+    tid: int
+    comm: str
+    name: str
+    handle: BinaryIO
+    records: int = 0
+    lost: list[tuple[int, int]] = field(default_factory=list)
+
+
+class DataWriter:
+    """Streams records into a new data directory and publishes it when complete."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        if target.exists() and not (target / "info.json").exists():
+            raise UsageError(f"{target} exists and is not a ktracecli data directory; choose another -o")
+        self.tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        (self.tmp / "events").mkdir(parents=True)
+        (self.tmp / "symbols").mkdir()
+        self._threads: dict[tuple[int, int], _ThreadFile] = {}
+        self.bytes_written = 0
+
+    def thread(self, pid: int, tid: int, comm: str) -> _ThreadFile:
+        """The open stream of one thread, created on first use."""
+        key = (pid, tid)
+        stream = self._threads.get(key)
+        if stream is None:
+            name = f"events/{pid}-{tid}.bin"
+            stream = _ThreadFile(pid, tid, comm, name, open(self.tmp / name, "ab"))
+            self._threads[key] = stream
+        return stream
+
+    def append(self, pid: int, tid: int, comm: str, records: np.ndarray, lost_at: int = 0, lost: int = 0) -> None:
+        """Append a thread's records; ``lost`` events were dropped before record ``lost_at`` of this batch."""
+        stream = self.thread(pid, tid, comm)
+        if lost:
+            stream.lost.append((stream.records + lost_at, lost))
+        if len(records):
+            data = records.tobytes()
+            stream.handle.write(data)
+            stream.records += len(records)
+            self.bytes_written += len(data)
+
+    @property
+    def events(self) -> int:
+        """Records written so far, all threads."""
+        return sum(t.records for t in self._threads.values())
+
+    @property
+    def lost(self) -> int:
+        """Events counted as lost so far, all threads."""
+        return sum(n for t in self._threads.values() for _, n in t.lost)
+
+    def write_json(self, name: str, value: Any) -> None:
+        """Write one metadata file."""
+        with open(self.tmp / name, "w") as f:
+            json.dump(value, f, separators=(",", ":"))
+
+    def finish(self, info: dict[str, Any]) -> None:
+        """Close the streams, write the metadata and move the directory into place."""
+        threads = []
+        for t in self._threads.values():
+            t.handle.close()
+            threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "events": t.name,
+                            "records": t.records, "lost": t.lost})
+        self.write_json("threads.json", threads)
+        self.write_json("info.json", {"version": FORMAT_VERSION, **info})
+        old = None
+        if self.target.exists():
+            old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
+            os.rename(self.target, old)
+        os.rename(self.tmp, self.target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def abandon(self) -> None:
+        """Remove the partial directory."""
+        for t in self._threads.values():
+            t.handle.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@dataclass
+class ThreadData:
+    """One thread's recorded events."""
+
+    pid: int
+    tid: int
+    comm: str
+    records: np.ndarray
+    lost: list[tuple[int, int]]
+
+
+@dataclass
+class TraceData:
+    """A data directory, loaded."""
+
+    path: Path
+    info: dict[str, Any]
+    sites: list[str]
+    modules: list[dict[str, Any]]
+    threads: list[ThreadData]
+
+    @property
+    def tracer(self) -> str:
+        """Name of the tracer that recorded the data."""
+        return str(self.info["tracer"])
+
+    def symbols(self, module_index: int) -> dict[str, list[Any]]:
+        """The symbol table of one module (vaddr, size, name lists, sorted by vaddr)."""
+        return _read_json(self.path, self.modules[module_index]["symbols"])
+
+
+def _read_json(base: Path, name: str) -> Any:
+    try:
+        with open(base / name) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"corrupt data directory {base}: {name} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"corrupt data directory {base}: {name}: {exc}") from None
+
+
+def load(path: Path, record_dtype: np.dtype | None = None) -> TraceData:
+    """Read a data directory; DataError with one line if it is missing or corrupt."""
+    if not path.is_dir():
+        raise DataError(f"no trace data in {path} (run 'ktracecli record' first)")
+    info = _read_json(path, "info.json")
+    if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION or "tracer" not in info:
+        raise DataError(f"corrupt data directory {path}: info.json is not a ktracecli trace")
+    sites = _read_json(path, "sites.json")
+    modules = _read_json(path, "modules.json")
+    threads = []
+    itemsize = int(info.get("record_size", 0))
+    dtype = record_dtype if record_dtype is not None else np.dtype((np.void, max(itemsize, 1)))
+    try:
+        names = [str(s["name"]) for s in sites]
+        for t in _read_json(path, "threads.json"):
+            raw = np.fromfile(path / t["events"], dtype=np.uint8) if itemsize else np.zeros(0, np.uint8)
+            if itemsize and (len(raw) % itemsize or len(raw) // itemsize != t["records"]):
+                raise DataError(f"corrupt data directory {path}: {t['events']} is truncated")
+            records = raw.view(dtype) if itemsize else np.zeros(0, dtype)
+            threads.append(ThreadData(int(t["pid"]), int(t["tid"]), str(t["comm"]), records,
+                                      [(int(a), int(b)) for a, b in t["lost"]]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"corrupt data directory {path}: {exc}") from None
+    except FileNotFoundError as exc:
+        raise DataError(f"corrupt data directory {path}: {exc.filename} is missing") from None
+    return TraceData(path, info, names, modules, threads)

@@ -1,0 +1,380 @@
+"""One ELF module as ktracecli needs to see it: symbols, code and pointers stored as data.
+
+pyelftools stays inside this package: the rest of ktracecli asks :class:`ElfImage`
+questions and gets typed answers.  Every address here is a module-relative
+``vaddr`` (the link-time address); add the module's load bias to get an ``addr``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+from elftools.common.exceptions import ELFError
+from elftools.elf.dynamic import DynamicSection
+from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import NoteSection, SymbolTableSection
+
+from ktracecli.errors import ProgramError
+from ktracecli.model import Binding, Symbol
+
+PAGE_SIZE = 0x1000
+
+_PF_X = 0x1
+_SHF_ALLOC = 0x2
+_SHF_EXECINSTR = 0x4
+_R_X86_64_64 = 1
+_R_X86_64_RELATIVE = 8
+_R_X86_64_IRELATIVE = 37
+_BINDINGS = {"STB_GLOBAL": Binding.GLOBAL, "STB_WEAK": Binding.WEAK, "STB_LOCAL": Binding.LOCAL,
+             "STB_GNU_UNIQUE": Binding.GLOBAL}
+_RELA_DTYPE = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
+
+
+@dataclass(frozen=True)
+class LoadSegment:
+    """One PT_LOAD program header (module-relative ``vaddr``, file ``offset``)."""
+
+    vaddr: int
+    memsz: int
+    offset: int
+    filesz: int
+    flags: int
+
+    @property
+    def executable(self) -> bool:
+        """True when the segment is mapped executable (PF_X)."""
+        return bool(self.flags & _PF_X)
+
+
+class ExecSection(NamedTuple):
+    """Executable code of the module: a section name (or ``PT_LOAD#n``), its vaddr and its bytes."""
+
+    name: str
+    vaddr: int
+    data: bytes
+
+    @property
+    def end(self) -> int:
+        """The first vaddr past the section."""
+        return self.vaddr + len(self.data)
+
+
+class ElfImage:
+    """A parsed x86_64 ELF file; open it with :meth:`ElfImage.open`."""
+
+    def __init__(self, path: str, stream: BinaryIO, elf: ELFFile) -> None:
+        self.path = path
+        self._stream = stream
+        self._elf = elf
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str) -> "ElfImage":
+        """Parse ``path``; raise :class:`ProgramError` (one line) unless it is a readable x86_64 ELF."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ProgramError(f"no such program: {path}")
+        if os.path.isdir(path):
+            raise ProgramError(f"{path} is a directory, not a program")
+        try:
+            stream = open(path, "rb")
+        except OSError as exc:
+            raise ProgramError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            magic = stream.read(5)
+            if magic[:4] != b"\x7fELF":
+                raise ProgramError(f"{path} is not an ELF file")
+            if magic[4:5] == b"\x01":
+                raise ProgramError(f"{path} is a 32-bit ELF; ktracecli traces x86_64 programs")
+            stream.seek(0)
+            try:
+                elf = ELFFile(stream)
+            except ELFError as exc:
+                raise ProgramError(f"{path} is a corrupt ELF file: {exc}") from None
+            if elf["e_machine"] != "EM_X86_64":
+                machine = str(elf["e_machine"]).removeprefix("EM_")
+                raise ProgramError(f"{path} is an ELF for {machine}; ktracecli traces x86_64 programs")
+            if elf["e_type"] not in ("ET_EXEC", "ET_DYN"):
+                raise ProgramError(f"{path} is an ELF {elf['e_type']}, not a program or shared library")
+        except BaseException:
+            stream.close()
+            raise
+        return cls(path, stream, elf)
+
+    def close(self) -> None:
+        """Close the underlying file (cached results stay usable)."""
+        self._stream.close()
+
+    def __enter__(self) -> "ElfImage":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ElfImage({self.path!r})"
+
+    # ------------------------------------------------------------------ headers
+
+    @property
+    def name(self) -> str:
+        """The file's basename."""
+        return os.path.basename(self.path)
+
+    @property
+    def is_pie(self) -> bool:
+        """True for position-independent images (ET_DYN: PIE programs and shared libraries)."""
+        return bool(self._elf["e_type"] == "ET_DYN")
+
+    @property
+    def entry(self) -> int:
+        """The entry point vaddr (``e_entry``)."""
+        return int(self._elf["e_entry"])
+
+    @cached_property
+    def interp(self) -> str | None:
+        """The program interpreter (PT_INTERP), if any."""
+        for seg in self._elf.iter_segments():
+            if seg["p_type"] == "PT_INTERP":
+                return str(seg.get_interp_name())
+        return None
+
+    @property
+    def is_static(self) -> bool:
+        """True when the image has neither an interpreter nor DT_NEEDED entries."""
+        return self.interp is None and not self.needed
+
+    @cached_property
+    def load_segments(self) -> list[LoadSegment]:
+        """The PT_LOAD segments, in file order."""
+        return [LoadSegment(int(s["p_vaddr"]), int(s["p_memsz"]), int(s["p_offset"]),
+                            int(s["p_filesz"]), int(s["p_flags"]))
+                for s in self._elf.iter_segments() if s["p_type"] == "PT_LOAD"]
+
+    @property
+    def first_load_vaddr(self) -> int:
+        """Lowest PT_LOAD vaddr rounded down to a page: bias = (start of the offset-0 mapping) - this."""
+        if not self.load_segments:
+            return 0
+        return min(s.vaddr for s in self.load_segments) & ~(PAGE_SIZE - 1)
+
+    @cached_property
+    def build_id(self) -> str | None:
+        """Hex of the NT_GNU_BUILD_ID note, if present."""
+        for section in self._elf.iter_sections():
+            if isinstance(section, NoteSection):
+                for note in section.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return str(note["n_desc"])
+        for seg in self._elf.iter_segments():
+            if seg["p_type"] == "PT_NOTE":
+                for note in seg.iter_notes():
+                    if note["n_type"] == "NT_GNU_BUILD_ID":
+                        return str(note["n_desc"])
+        return None
+
+    # ------------------------------------------------------------------ dynamic
+
+    @cached_property
+    def _dynamic_tags(self) -> list[tuple[str, object]]:
+        for section in self._elf.iter_sections():
+            if isinstance(section, DynamicSection):
+                out: list[tuple[str, object]] = []
+                for tag in section.iter_tags():
+                    value = getattr(tag, tag.entry.d_tag[3:].lower(), None) \
+                        if tag.entry.d_tag in ("DT_NEEDED", "DT_SONAME", "DT_RPATH", "DT_RUNPATH") \
+                        else tag.entry.d_val
+                    out.append((tag.entry.d_tag, value))
+                return out
+        return []
+
+    @cached_property
+    def needed(self) -> list[str]:
+        """DT_NEEDED sonames, in order."""
+        return [str(v) for tag, v in self._dynamic_tags if tag == "DT_NEEDED"]
+
+    @cached_property
+    def soname(self) -> str | None:
+        """DT_SONAME, if any."""
+        for tag, value in self._dynamic_tags:
+            if tag == "DT_SONAME":
+                return str(value)
+        return None
+
+    @cached_property
+    def runpath(self) -> list[str]:
+        """DT_RUNPATH (else DT_RPATH) directories, with ``$ORIGIN`` expanded."""
+        tags = dict(self._dynamic_tags)
+        raw = tags.get("DT_RUNPATH") or tags.get("DT_RPATH")
+        if not raw:
+            return []
+        origin = os.path.dirname(os.path.abspath(self.path))
+        dirs = []
+        for part in str(raw).split(":"):
+            if part:
+                dirs.append(part.replace("${ORIGIN}", origin).replace("$ORIGIN", origin))
+        return dirs
+
+    # ------------------------------------------------------------------ symbols
+
+    def functions(self) -> list[Symbol]:
+        """Defined STT_FUNC / STT_GNU_IFUNC symbols of .symtab and .dynsym, de-duplicated on (name, vaddr)."""
+        return list(self._functions)
+
+    @cached_property
+    def _functions(self) -> tuple[Symbol, ...]:
+        seen: dict[tuple[str, int], Symbol] = {}
+        for table_name in (".symtab", ".dynsym"):
+            table = self._elf.get_section_by_name(table_name)
+            if not isinstance(table, SymbolTableSection):
+                continue
+            for sym in table.iter_symbols():
+                kind = sym["st_info"]["type"]
+                if kind not in ("STT_FUNC", "STT_GNU_IFUNC") or sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
+                    continue
+                name = sym.name.split("@", 1)[0]
+                if not name:
+                    continue
+                key = (name, int(sym["st_value"]))
+                if key in seen:
+                    continue
+                seen[key] = Symbol(name, key[1], int(sym["st_size"]),
+                                   _BINDINGS.get(sym["st_info"]["bind"], Binding.LOCAL),
+                                   kind == "STT_GNU_IFUNC")
+        return tuple(seen.values())
+
+    # ------------------------------------------------------------------ code and data
+
+    @cached_property
+    def _exec_sections(self) -> tuple[ExecSection, ...]:
+        out = []
+        for section in self._elf.iter_sections():
+            flags = int(section["sh_flags"])
+            if flags & _SHF_EXECINSTR and flags & _SHF_ALLOC and section["sh_type"] != "SHT_NOBITS" \
+                    and section["sh_size"]:
+                out.append(ExecSection(section.name, int(section["sh_addr"]), section.data()))
+        if not out:
+            for n, seg in enumerate(self.load_segments):
+                if seg.executable and seg.filesz:
+                    out.append(ExecSection(f"PT_LOAD#{n}", seg.vaddr, self._read_file(seg.offset, seg.filesz)))
+        return tuple(sorted(out, key=lambda s: s.vaddr))
+
+    def exec_sections(self) -> list[ExecSection]:
+        """Executable sections (or executable PT_LOAD segments when there are no section headers)."""
+        return list(self._exec_sections)
+
+    def exec_section_at(self, vaddr: int) -> ExecSection | None:
+        """The executable section holding ``vaddr``, or None."""
+        for section in self._exec_sections:
+            if section.vaddr <= vaddr < section.end:
+                return section
+        return None
+
+    def _read_file(self, offset: int, size: int) -> bytes:
+        self._stream.seek(offset)
+        return self._stream.read(size)
+
+    def read(self, vaddr: int, size: int) -> bytes:
+        """File-backed bytes at ``vaddr``; raise ValueError if any of them is not in the file."""
+        for section in self._exec_sections:
+            if section.vaddr <= vaddr and vaddr + size <= section.end:
+                start = vaddr - section.vaddr
+                return section.data[start:start + size]
+        for seg in self.load_segments:
+            if seg.vaddr <= vaddr and vaddr + size <= seg.vaddr + seg.filesz:
+                return self._read_file(seg.offset + vaddr - seg.vaddr, size)
+        raise ValueError(f"{self.name}: no file-backed bytes at {vaddr:#x}+{size}")
+
+    def _data_sections(self) -> list[tuple[int, bytes]]:
+        """(vaddr, bytes) of allocated, non-executable sections with file content."""
+        out = []
+        for section in self._elf.iter_sections():
+            flags = int(section["sh_flags"])
+            if flags & _SHF_ALLOC and not flags & _SHF_EXECINSTR and section["sh_type"] != "SHT_NOBITS" \
+                    and section["sh_size"] and section["sh_addr"]:
+                out.append((int(section["sh_addr"]), section.data()))
+        return out
+
+    def data_words(self, vaddr: int, count: int, size: int = 4) -> np.ndarray:
+        """Up to ``count`` little-endian signed words of ``size`` bytes read at ``vaddr`` (fewer at a boundary)."""
+        for seg in self.load_segments:
+            if seg.vaddr <= vaddr < seg.vaddr + seg.filesz:
+                avail = (seg.vaddr + seg.filesz - vaddr) // size
+                raw = self._read_file(seg.offset + vaddr - seg.vaddr, min(count, avail) * size)
+                return np.frombuffer(raw, dtype=f"<i{size}")
+        return np.zeros(0, dtype=f"<i{size}")
+
+    # ------------------------------------------------------------------ pointers stored as data
+
+    def pointer_values(self) -> frozenset[int]:
+        """Code vaddrs stored as data (relocation addends, and for non-PIE every aligned data word)."""
+        return self._pointer_values
+
+    @cached_property
+    def _pointer_values(self) -> frozenset[int]:
+        values: list[np.ndarray] = []
+        local_funcs = None
+        for section in self._elf.iter_sections():
+            if section["sh_type"] == "SHT_RELA" and section["sh_entsize"] == _RELA_DTYPE.itemsize:
+                rela = np.frombuffer(section.data(), dtype=_RELA_DTYPE)
+                kinds = rela["info"] & 0xFFFFFFFF
+                mask = (kinds == _R_X86_64_RELATIVE) | (kinds == _R_X86_64_IRELATIVE)
+                values.append(rela["addend"][mask])
+                abs64 = rela[kinds == _R_X86_64_64]
+                if len(abs64):
+                    if local_funcs is None:
+                        local_funcs = self._defined_func_values(section)
+                    for sym_index, addend in zip(abs64["info"] >> 32, abs64["addend"]):
+                        value = local_funcs.get(int(sym_index))
+                        if value is not None:
+                            values.append(np.array([value + int(addend)], dtype=np.int64))
+            elif section["sh_type"] in ("SHT_RELR", 0x13) or section.name == ".relr.dyn":
+                values.append(self._relr_values(np.frombuffer(section.data(), dtype="<u8")))
+        if not self.is_pie:
+            for vaddr, data in self._data_sections():
+                skip = (-vaddr) % 8
+                words = np.frombuffer(data[skip:skip + (len(data) - skip) // 8 * 8], dtype="<i8")
+                values.append(words)
+        if not values:
+            return frozenset()
+        allv = np.unique(np.concatenate([v.astype(np.int64) for v in values]))
+        inside = np.zeros(len(allv), dtype=bool)
+        for section in self._exec_sections:
+            inside |= (allv >= section.vaddr) & (allv < section.end)
+        return frozenset(int(v) for v in allv[inside])
+
+    def _defined_func_values(self, rela_section: object) -> dict[int, int]:
+        """Symbol index -> value for defined functions of the symbol table a RELA section refers to."""
+        link = self._elf.get_section(int(rela_section["sh_link"]))  # type: ignore[index]
+        out: dict[int, int] = {}
+        if isinstance(link, SymbolTableSection):
+            for i, sym in enumerate(link.iter_symbols()):
+                if sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC") and sym["st_shndx"] != "SHN_UNDEF":
+                    out[i] = int(sym["st_value"])
+        return out
+
+    def _relr_values(self, relr: np.ndarray) -> np.ndarray:
+        """The implicit addends (the words in place) of every address a DT_RELR table relocates."""
+        addrs: list[int] = []
+        where = 0
+        for entry in relr.tolist():
+            if entry & 1 == 0:
+                addrs.append(entry)
+                where = entry + 8
+            else:
+                bits = entry >> 1
+                for i in range(63):
+                    if bits >> i & 1:
+                        addrs.append(where + 8 * i)
+                where += 63 * 8
+        out = []
+        for addr in addrs:
+            word = self.data_words(addr, 1, 8)
+            if len(word):
+                out.append(int(word[0]))
+        return np.array(out, dtype=np.int64)

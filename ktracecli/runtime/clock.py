@@ -1,0 +1,66 @@
+"""TSC to CLOCK_MONOTONIC conversion, calibrated from pairs of readings.
+
+Python cannot run ``rdtsc`` itself, so a four-instruction function is assembled
+into an executable page of ktracecli's own memory and called through ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import time
+from dataclasses import dataclass
+
+from ktracecli.arch.x86_64.assembler import assemble
+
+_page: mmap.mmap | None = None
+_rdtsc = None
+
+
+def rdtsc() -> int:
+    """The current time stamp counter."""
+    global _page, _rdtsc
+    if _rdtsc is None:
+        code = assemble("rdtsc; shl rdx, 32; or rax, rdx; ret", 0)
+        _page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        _page.write(code)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(_page))
+        _rdtsc = ctypes.CFUNCTYPE(ctypes.c_uint64)(address)
+    return int(_rdtsc())
+
+
+@dataclass(frozen=True)
+class ClockSample:
+    """A TSC reading and the CLOCK_MONOTONIC time (ns) taken with it."""
+
+    tsc: int
+    ns: int
+
+
+def sample() -> ClockSample:
+    """The tightest of several (tsc, monotonic) pairs."""
+    best: tuple[int, int, int] | None = None
+    for _ in range(16):
+        t0 = rdtsc()
+        ns = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        t1 = rdtsc()
+        if best is None or t1 - t0 < best[0]:
+            best = (t1 - t0, (t0 + t1) // 2, ns)
+    assert best is not None
+    return ClockSample(best[1], best[2])
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Linear map from TSC ticks to CLOCK_MONOTONIC nanoseconds."""
+
+    tsc0: int
+    ns0: int
+    ns_per_tick: float
+
+    @classmethod
+    def between(cls, a: ClockSample, b: ClockSample) -> "Calibration":
+        """Calibrate from two samples (the further apart, the better)."""
+        if b.tsc <= a.tsc:
+            raise ValueError("calibration samples out of order")
+        return cls(a.tsc, a.ns, (b.ns - a.ns) / (b.tsc - a.tsc))

@@ -1,0 +1,142 @@
+"""Draining the rings of traced processes into the data directory, in bulk.
+
+A background thread copies every live slot's new records a few hundred times a
+second (numpy slices of the shared memory, never a Python loop per record).
+The ptrace thread calls :meth:`Consumer.release` when a thread exits, so its
+slot is drained once more and freed before its fs base can be reused.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ktracecli.datadir import DataWriter
+from ktracecli.runtime.shm import SharedRings
+
+COMMIT_MASK = 0xFFFFFFFF
+
+
+@dataclass
+class _SlotState:
+    lost_seen: int = 0
+
+
+@dataclass
+class ProcessRings:
+    """One traced process's rings and what has been consumed of them."""
+
+    pid: int
+    rings: SharedRings
+    dtype: np.dtype
+    state: dict[int, _SlotState] = field(default_factory=dict)
+    comms: dict[int, str] = field(default_factory=dict)
+
+
+def _comm(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return "<...>"
+
+
+class Consumer:
+    """Copies records from shared rings to a :class:`DataWriter`."""
+
+    def __init__(self, writer: DataWriter, interval: float = 0.002) -> None:
+        self.writer = writer
+        self.interval = interval
+        self.processes: list[ProcessRings] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, pid: int, rings: SharedRings, dtype: np.dtype) -> None:
+        """Start consuming a process's rings."""
+        with self._lock:
+            self.processes.append(ProcessRings(pid, rings, dtype))
+
+    def start(self) -> None:
+        """Start the background thread."""
+        self._thread = threading.Thread(target=self._run, name="ktracecli-consumer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the background thread and drain everything left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.drain()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.drain()
+
+    def drain(self) -> int:
+        """Drain every live slot of every process once; returns records copied."""
+        copied = 0
+        with self._lock:
+            for proc in self.processes:
+                slots = proc.rings.slots
+                for i in range(proc.rings.layout.nslots):
+                    if slots[i].state:
+                        copied += self._drain_slot(proc, i)
+        return copied
+
+    def release(self, pid: int, tid: int) -> None:
+        """A thread is exiting: drain its slot and free it for a new thread."""
+        with self._lock:
+            for proc in self.processes:
+                if proc.pid != pid:
+                    continue
+                slots = proc.rings.slots
+                for i in range(proc.rings.layout.nslots):
+                    if slots[i].state and slots[i].tid == tid:
+                        proc.comms.setdefault(tid, _comm(pid, tid))
+                        self._drain_slot(proc, i)
+                        slots[i].tid = 0
+                        slots[i].state = 0
+                        slots[i].key = 0
+                        proc.state.pop(i, None)
+
+    def _drain_slot(self, proc: ProcessRings, i: int) -> int:
+        slot = proc.rings.slots[i]
+        tid = slot.tid
+        if tid == 0:
+            return 0  # claimed, thread id not written yet
+        state = proc.state.setdefault(i, _SlotState())
+        lost = slot.lost  # read before head: every drop counted here sits at or before head
+        drop_pos = slot.drop_pos
+        head = slot.head
+        tail = slot.tail
+        new_lost = lost - state.lost_seen
+        if head == tail and not new_lost:
+            return 0
+        ring = proc.rings.ring(i, proc.dtype)
+        cap = proc.rings.layout.capacity
+        start = tail & (cap - 1)
+        count = head - tail
+        first = min(count, cap - start)
+        # commit words first, then the records they vouch for (x86 keeps loads in order)
+        commits = np.concatenate((ring["commit"][start:start + first], ring["commit"][:count - first]))
+        expected = (np.arange(tail + 1, head + 1, dtype=np.uint64) & COMMIT_MASK).astype(np.uint32)
+        bad = np.flatnonzero(commits != expected)
+        complete = int(bad[0]) if len(bad) else count
+        take1 = min(complete, first)
+        records = np.concatenate((ring[start:start + take1], ring[:complete - take1]))
+        slot.tail = tail + complete
+        comm = proc.comms.get(tid)
+        if comm is None:
+            comm = proc.comms[tid] = _comm(proc.pid, tid)
+        lost_at = min(max(drop_pos - tail, 0), complete) if new_lost else 0
+        self.writer.append(proc.pid, tid, comm, records, lost_at, new_lost)
+        state.lost_seen = lost
+        return complete
+
+    def forget(self, pid: int) -> None:
+        """Stop consuming a process's rings (after a final drain)."""
+        with self._lock:
+            self.processes = [p for p in self.processes if p.pid != pid]

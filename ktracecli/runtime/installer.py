@@ -1,0 +1,144 @@
+"""Placing the runtime in a stopped tracee: code regions near modules, handlers, stubs, patches.
+
+For each module with traced functions::
+
+    module text  ...  jmp stub_k ...             (5-byte patch at each site)
+        |  within +-2 GiB
+        v
+    region:  +0      handler (this tracer's, this process's slot table address baked in)
+             +H      stub_0  stub_1 ... stub_n   (each engine's stub calls +0)
+
+Regions are private anonymous r-x mappings written through /proc/PID/mem.  They
+are never freed while the process lives: disabling a site only restores its
+original bytes, so a thread still inside a stub finishes safely.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ktracecli.arch.x86_64.assembler import assemble
+from ktracecli.errors import PatchError, ProcessError
+from ktracecli.interface import Engine, FunctionSite, Tracer
+from ktracecli.model import Patch
+from ktracecli.process import ptrace
+from ktracecli.process.maps import PAGE, find_free_near
+from ktracecli.process.remote import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, RemoteCaller
+from ktracecli.process.tracee import Tracee
+from ktracecli.runtime.layout import RuntimeLayout
+
+HANDLER_RESERVE = 1024  # bytes kept for the handler at the start of each region
+
+
+@dataclass(frozen=True)
+class LoadedModule:
+    """An ELF module mapped in the tracee."""
+
+    path: str
+    name: str
+    bias: int
+    start: int
+    end: int
+
+
+@dataclass
+class Region:
+    """A code region near one module."""
+
+    addr: int
+    size: int
+    used: int = 0
+
+
+@dataclass
+class Installed:
+    """What is enabled in a process: site index -> its patch."""
+
+    patches: dict[int, Patch] = field(default_factory=dict)
+
+
+class Installer:
+    """Writes handlers, stubs and patches into one stopped process."""
+
+    def __init__(self, tracee: Tracee, caller: RemoteCaller, engine: Engine, tracer: Tracer,
+                 layout: RuntimeLayout) -> None:
+        self.tracee = tracee
+        self.caller = caller
+        self.engine = engine
+        self.tracer = tracer
+        self.layout = layout
+        self.installed = Installed()
+
+    def allocate_near(self, module: LoadedModule, size: int) -> Region:
+        """Map a new r-x region reachable by rel32 from the whole module."""
+        size = (size + PAGE - 1) & ~(PAGE - 1)
+        for _attempt in range(8):
+            try:
+                addr = find_free_near(self.tracee.maps(), module.start, module.end, size)
+            except LookupError:
+                break
+            try:
+                got = self.caller.mmap(addr, size, PROT_READ | PROT_EXEC,
+                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE)
+                return Region(got, size)
+            except LookupError:
+                continue
+        raise ProcessError(f"no free memory within 2 GiB of {module.name} for trampolines")
+
+    def install(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> list[Patch]:
+        """Write a handler and one stub per site near ``module``, then enable every site.
+
+        ``sites`` pairs each site with its process-wide index.  The whole batch is
+        rolled back if any patch fails.
+        """
+        sizes = [self.engine.detour_size(site) for _, site in sites]
+        region = self.allocate_near(module, HANDLER_RESERVE + sum(sizes))
+        handler = assemble(self.tracer.handler_source(self.layout), region.addr)
+        if len(handler) > HANDLER_RESERVE:
+            raise PatchError(f"handler of {self.tracer.name} is {len(handler)} bytes, more than {HANDLER_RESERVE}")
+        code = bytearray(handler.ljust(HANDLER_RESERVE, b"\xcc"))
+        patches = []
+        at = region.addr + HANDLER_RESERVE
+        for (index, site), size in zip(sites, sizes):
+            stub, patch = self.engine.build(site, module.bias, at, region.addr, index)
+            if len(stub) > size:
+                raise PatchError(f"stub for {site.name} is {len(stub)} bytes, {size} were reserved")
+            code += stub.ljust(size, b"\xcc")
+            patches.append((index, patch))
+            at += size
+        self.tracee.write(region.addr, bytes(code))
+        self.apply([p for _, p in patches])
+        for index, patch in patches:
+            self.installed.patches[index] = patch
+        return [p for _, p in patches]
+
+    def _check_threads_outside(self, patches: list[Patch]) -> None:
+        windows = sorted((p.addr, p.addr + len(p.new)) for p in patches)
+        for tid in self.tracee.threads:
+            rip = ptrace.get_regs(tid).rip
+            for lo, hi in windows:
+                if lo < rip < hi:
+                    raise PatchError(f"thread {tid} is inside the patch window at {lo:#x}; try again")
+
+    def apply(self, patches: list[Patch]) -> None:
+        """Apply patches (every thread stopped), verifying original bytes; roll back on failure."""
+        self._check_threads_outside(patches)
+        done: list[Patch] = []
+        try:
+            for patch in patches:
+                current = self.tracee.read(patch.addr, len(patch.original))
+                if current != patch.original:
+                    raise PatchError(f"unexpected bytes at {patch.addr:#x}: {current.hex()} "
+                                     f"instead of {patch.original.hex()}")
+                self.tracee.write(patch.addr, patch.new)
+                done.append(patch)
+        except BaseException:
+            for patch in reversed(done):
+                self.tracee.write(patch.addr, patch.original)
+            raise
+
+    def restore_all(self) -> None:
+        """Put every original byte back (every thread stopped)."""
+        patches = list(self.installed.patches.values())
+        self.apply([p.undo() for p in patches])
+        self.installed.patches.clear()

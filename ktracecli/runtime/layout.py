@@ -1,0 +1,166 @@
+"""Layout of the shared memory between the tracee's handler and ktracecli's consumer.
+
+One file per traced process, mapped shared by both sides::
+
+    +0                 control page   magic, sizes, events lost for want of a slot
+    +4096              slot table     NSLOTS x 128 bytes, one slot per live thread
+    +RINGS             rings          NSLOTS x ring_bytes, ring i belongs to slot i
+
+A slot (two cache lines: the producer's fields, then the consumer's)::
+
+    +0   key       u64  the owning thread's fs base (0: free); claimed with lock cmpxchg
+    +8   tid       u32  written once by the owning thread (gettid at claim time)
+    +12  state     u32  1 once claimed
+    +16  ring      u64  tracee address of the slot's ring
+    +24  mask      u64  capacity - 1 (capacity in records, a power of two)
+    +32  head      u64  records reserved so far (producer)
+    +40  lost      u64  records dropped because the ring was full (producer)
+    +48  drop_pos  u64  value of head at the last drop (producer)
+    +56  capacity  u64
+    +64  tail      u64  records consumed so far (consumer)
+
+A record is complete when its last u32 (the commit word) equals the low 32 bits
+of its reservation index + 1; the producer writes it last.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+MAGIC = 0x31304543_4152544B  # "KTRACE01"
+CONTROL_SIZE = 4096
+SLOT_SIZE = 128
+SLOT_SHIFT = 7
+DEFAULT_SLOT_BITS = 8  # 256 threads at once
+PAGE = 4096
+
+CTRL_MAGIC = 0
+CTRL_NSLOTS = 8
+CTRL_LOST_NO_SLOT = 16
+CTRL_CONSUMER_ALIVE = 24
+
+
+class Slot(ctypes.Structure):
+    """One thread's slot, as laid out in shared memory."""
+
+    _fields_ = [
+        ("key", ctypes.c_uint64),
+        ("tid", ctypes.c_uint32),
+        ("state", ctypes.c_uint32),
+        ("ring", ctypes.c_uint64),
+        ("mask", ctypes.c_uint64),
+        ("head", ctypes.c_uint64),
+        ("lost", ctypes.c_uint64),
+        ("drop_pos", ctypes.c_uint64),
+        ("capacity", ctypes.c_uint64),
+        ("tail", ctypes.c_uint64),
+        ("_pad", ctypes.c_uint8 * (SLOT_SIZE - 72)),
+    ]
+
+
+assert ctypes.sizeof(Slot) == SLOT_SIZE
+
+
+@dataclass(frozen=True)
+class RuntimeLayout:
+    """Where everything is, for one process: sizes and the tracee address of the shared file."""
+
+    base: int  #: tracee address of the shared file (0 until mapped)
+    slot_bits: int
+    record_size: int
+    capacity: int  #: records per ring, a power of two
+
+    @classmethod
+    def for_buffer(cls, buffer_size_kb: int, record_size: int, slot_bits: int = DEFAULT_SLOT_BITS) -> "RuntimeLayout":
+        """Rings of about ``buffer_size_kb`` KiB (rounded down to a power-of-two record count)."""
+        records = max(1024, buffer_size_kb * 1024 // record_size)
+        capacity = 1 << (records.bit_length() - 1)
+        return cls(0, slot_bits, record_size, capacity)
+
+    def at(self, base: int) -> "RuntimeLayout":
+        """The same layout mapped at ``base``."""
+        return RuntimeLayout(base, self.slot_bits, self.record_size, self.capacity)
+
+    @property
+    def nslots(self) -> int:
+        return 1 << self.slot_bits
+
+    @property
+    def slot_table(self) -> int:
+        """Offset of the slot table in the file."""
+        return CONTROL_SIZE
+
+    @property
+    def ring_bytes(self) -> int:
+        return (self.capacity * self.record_size + PAGE - 1) & ~(PAGE - 1)
+
+    @property
+    def rings(self) -> int:
+        """Offset of ring 0 in the file."""
+        return (self.slot_table + self.nslots * SLOT_SIZE + PAGE - 1) & ~(PAGE - 1)
+
+    @property
+    def size(self) -> int:
+        """Size of the whole shared file."""
+        return self.rings + self.nslots * self.ring_bytes
+
+    def ring_offset(self, slot: int) -> int:
+        """Offset of slot ``slot``'s ring in the file."""
+        return self.rings + slot * self.ring_bytes
+
+
+def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str) -> str:
+    """Assembly that leaves this thread's slot in rsi, claiming one on first use.
+
+    Clobbers rax, rcx, rdx, rdi and flags; preserves r11.  Jumps to ``found`` with
+    rsi = slot, or to ``full`` when every slot is taken (the event is counted as
+    lost in the control page).  The fast path is a hash of the fs base and one
+    compare; the claim (once per thread) uses one lock cmpxchg and one gettid.
+    """
+    table = layout.base + layout.slot_table
+    end = table + layout.nslots * SLOT_SIZE
+    return f"""
+    rdfsbase rax
+    mov rsi, rax
+    movabs rdi, 0x9E3779B97F4A7C15
+    imul rsi, rdi
+    shr rsi, {64 - layout.slot_bits}
+    shl rsi, {SLOT_SHIFT}
+    movabs rdi, {table:#x}
+    add rsi, rdi
+    cmp qword ptr [rsi], rax
+    je {found}
+    mov edx, {layout.nslots}
+.Lprobe:
+    mov rdi, qword ptr [rsi]
+    cmp rdi, rax
+    je {found}
+    test rdi, rdi
+    jz .Lclaim
+.Lnext:
+    add rsi, {SLOT_SIZE}
+    movabs rdi, {end:#x}
+    cmp rsi, rdi
+    jb .Lnowrap
+    movabs rsi, {table:#x}
+.Lnowrap:
+    dec edx
+    jnz .Lprobe
+    movabs rsi, {layout.base + CTRL_LOST_NO_SLOT:#x}
+    add qword ptr [rsi], 1
+    jmp {full}
+.Lclaim:
+    mov rcx, rax
+    xor eax, eax
+    lock cmpxchg qword ptr [rsi], rcx
+    mov rax, rcx
+    jne .Lnext
+    push r11
+    mov eax, 186
+    syscall
+    pop r11
+    mov dword ptr [rsi+8], eax
+    mov dword ptr [rsi+12], 1
+    jmp {found}
+"""

@@ -1,0 +1,69 @@
+"""The shared file holding one process's slot table and rings.
+
+Created 0600 under /dev/shm with a unique name, mapped by ktracecli and then by
+the tracee (through an injected open + mmap), and unlinked as soon as both
+sides have it mapped, so nothing is left behind whatever dies.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import secrets
+
+import numpy as np
+
+from ktracecli.process.remote import RemoteCaller
+from ktracecli.runtime.layout import CTRL_LOST_NO_SLOT, CTRL_MAGIC, CTRL_NSLOTS, MAGIC, RuntimeLayout, Slot
+
+SHM_DIR = "/dev/shm"
+
+
+class SharedRings:
+    """ktracecli's side of one process's shared slot table and rings."""
+
+    def __init__(self, layout: RuntimeLayout, pid: int) -> None:
+        self.layout = layout
+        self.path = os.path.join(SHM_DIR, f"ktracecli.{os.getpid()}.{pid}.{secrets.token_hex(6)}")
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, layout.size)
+            self.mm = mmap.mmap(fd, layout.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.unlink(self.path)
+            raise
+        finally:
+            os.close(fd)
+        self.slots = (Slot * layout.nslots).from_buffer(self.mm, layout.slot_table)
+        ctypes.c_uint64.from_buffer(self.mm, CTRL_MAGIC).value = MAGIC
+        ctypes.c_uint64.from_buffer(self.mm, CTRL_NSLOTS).value = layout.nslots
+        self._lost_no_slot = ctypes.c_uint64.from_buffer(self.mm, CTRL_LOST_NO_SLOT)
+
+    def map_into(self, caller: RemoteCaller, scratch: int, fixed: int = 0) -> int:
+        """Map the file into the tracee (its name is written at ``scratch``); returns the address."""
+        caller.tracee.write(scratch, self.path.encode() + b"\0")
+        base = caller.map_file(scratch, self.layout.size, fixed)
+        self.layout = self.layout.at(base)
+        for i in range(self.layout.nslots):
+            slot = self.slots[i]
+            slot.ring = base + self.layout.ring_offset(i)
+            slot.capacity = self.layout.capacity
+            slot.mask = self.layout.capacity - 1
+        return base
+
+    def unlink(self) -> None:
+        """Remove the file's name; the mappings stay valid."""
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def ring(self, slot: int, dtype: np.dtype) -> np.ndarray:
+        """Slot ``slot``'s ring as a structured array over the shared memory."""
+        return np.frombuffer(self.mm, dtype=dtype, count=self.layout.capacity, offset=self.layout.ring_offset(slot))
+
+    @property
+    def lost_no_slot(self) -> int:
+        """Events dropped because every slot was taken."""
+        return int(self._lost_no_slot.value)

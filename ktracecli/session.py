@@ -1,0 +1,247 @@
+"""A ``record`` session: start the program under ptrace, patch it, collect its trace.
+
+The steps, in order: check the program and the patterns, fork and exec it
+stopped, run it to its entry point (the dynamic loader has mapped its
+libraries), analyse the modules the patterns name, map the shared rings, write
+handlers and stubs, enable the sites, and resume.  Then follow the process's
+threads and children until it exits, draining the rings as it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ktracecli import filters
+from ktracecli.datadir import DataWriter
+from ktracecli.elf.image import ElfImage
+from ktracecli.errors import NoMatchError, ProgramError
+from ktracecli.interface import Analysis, Engine, FunctionSite, Tracer
+from ktracecli.process import ptrace
+from ktracecli.process.remote import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, RemoteCaller
+from ktracecli.process.tracee import AT_ENTRY, Tracee, resolve_program, spawn
+from ktracecli.registry import Registry
+from ktracecli.runtime import clock
+from ktracecli.runtime.consumer import Consumer
+from ktracecli.runtime.installer import Installer, LoadedModule
+from ktracecli.runtime.layout import RuntimeLayout
+from ktracecli.runtime.shm import SharedRings
+from ktracecli.supervisor import Supervisor
+from ktracecli.symbols import write_modules
+
+
+@dataclass(frozen=True)
+class RecordSettings:
+    """Everything ``record`` needs, already validated by the CLI."""
+
+    argv: list[str]
+    output: Path
+    engine: str
+    tracer: str
+    filters: tuple[str, ...] = ()
+    buffer_size_kb: int = 4096
+    config_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """What a finished record session reports."""
+
+    exit_status: int
+    engine: str
+    traced: int
+    refused: int
+    events: int
+    lost: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The sites to enable, per module, and the functions refused among those selected."""
+
+    #: (index into the module list given to :meth:`Recorder.plan`, [(site index, site)])
+    modules: list[tuple[int, list[tuple[int, FunctionSite]]]]
+    refused: int
+
+
+def loaded_modules(tracee: Tracee) -> list[LoadedModule]:
+    """ELF modules with executable mappings in the tracee (main program first)."""
+    spans: dict[str, list[int]] = {}
+    file_zero: dict[str, int] = {}
+    executable: set[str] = set()
+    for m in tracee.maps():
+        if not m.path.startswith("/"):
+            continue
+        lo_hi = spans.setdefault(m.path, [m.start, m.end])
+        lo_hi[0], lo_hi[1] = min(lo_hi[0], m.start), max(lo_hi[1], m.end)
+        if m.offset == 0:
+            file_zero.setdefault(m.path, m.start)
+        if m.executable:
+            executable.add(m.path)
+    modules = []
+    for path in spans:
+        if path not in executable or path not in file_zero:
+            continue
+        try:
+            image = ElfImage.open(path)
+        except ProgramError:
+            continue
+        with image:
+            bias = file_zero[path] - image.first_load_vaddr
+        modules.append(LoadedModule(path, os.path.basename(path), bias, *spans[path]))
+    return modules
+
+
+class Recorder:
+    """Runs one record session."""
+
+    def __init__(self, settings: RecordSettings, registry: Registry) -> None:
+        self.settings = settings
+        self.engine: Engine = registry.engine(settings.engine)
+        self.tracer: Tracer = registry.tracer(settings.tracer)
+        self.rules = filters.parse_all(settings.filters)
+        self.path = resolve_program(settings.argv[0])
+        self._analyses: dict[str, Analysis] = {}
+
+    def analysis(self, path: str) -> Analysis:
+        """The engine's analysis of one module, computed once."""
+        if path not in self._analyses:
+            with ElfImage.open(path) as image:
+                self._analyses[path] = self.engine.analyze(image)
+        return self._analyses[path]
+
+    def plan(self, modules: list[tuple[str, str]], main_name: str) -> Plan:
+        """Apply the rules to the functions of ``modules`` ((path, name) pairs)."""
+        candidates: list[filters.Candidate] = []
+        entries: list[tuple[int, FunctionSite | None]] = []
+        refusal_names: dict[int, str] = {}
+        for mi, (path, name) in enumerate(modules):
+            wanted = name == main_name or any(r.module is not None and r.applies_to(name, main_name)
+                                              for r in self.rules)
+            if not wanted:
+                continue
+            analysis = self.analysis(path)
+            for site in analysis.sites:
+                candidates.append((name, site.names))
+                entries.append((mi, site))
+            for refusal in analysis.refusals:
+                candidates.append((name, (refusal.name,)))
+                refusal_names[len(entries)] = f"{refusal.name} ({refusal.reason})"
+                entries.append((mi, None))
+        selection = filters.select(self.rules, candidates, main_name)
+        if selection.unmatched:
+            self._explain_unmatched(selection.unmatched, candidates, refusal_names, main_name)
+        per_module: dict[int, list[tuple[int, FunctionSite]]] = {}
+        refused = index = 0
+        for i in selection.indices:
+            mi, site = entries[i]
+            if site is None:
+                refused += 1
+                continue
+            per_module.setdefault(mi, []).append((index, site))
+            index += 1
+        return Plan(sorted(per_module.items()), refused)
+
+    def _explain_unmatched(self, rules: tuple[filters.FilterRule, ...], candidates: list[filters.Candidate],
+                           refusal_names: dict[int, str], main_name: str) -> None:
+        rule = rules[0]
+        refused = [refusal_names[i] for i, c in enumerate(candidates)
+                   if i in refusal_names and rule.matches(c, main_name)]
+        where = f"module {rule.module}" if rule.module else main_name
+        if refused:
+            raise NoMatchError(f"pattern '{rule}' matches only functions the {self.engine.name} engine "
+                               f"refuses: {', '.join(refused[:3])}")
+        raise NoMatchError(f"pattern '{rule}' matches no function in {where}")
+
+    def run(self) -> RecordResult:
+        """Record the program; returns its exit status and the totals."""
+        main_name = os.path.basename(self.path)
+        with ElfImage.open(self.path):
+            pass  # a clear error for non-ELF, 32-bit and other programs before anything runs
+        if self.tracer.record_dtype is None:
+            return self._run_untraced()
+        if not any(r.module for r in self.rules):
+            self.plan([(self.path, main_name)], main_name)  # bad patterns fail before the program runs
+        writer = DataWriter(self.settings.output)
+        try:
+            return self._record(writer, main_name)
+        except BaseException:
+            writer.abandon()
+            raise
+
+    def _run_untraced(self) -> RecordResult:
+        status = subprocess.run(self.settings.argv, executable=self.path).returncode
+        writer = DataWriter(self.settings.output)
+        writer.write_json("sites.json", [])
+        writer.write_json("modules.json", [])
+        writer.finish({"tracer": self.tracer.name, "engine": self.engine.name, "record_size": 0,
+                       "program": self.settings.argv, "ncpus": os.sysconf("SC_NPROCESSORS_ONLN")})
+        return RecordResult(status if status >= 0 else 128 - status, self.engine.name, 0, 0, 0, 0)
+
+    def _record(self, writer: DataWriter, main_name: str) -> RecordResult:
+        start = clock.sample()
+        tracee = spawn(self.path, self.settings.argv)
+        try:
+            entry = tracee.auxv(AT_ENTRY)
+            assert entry is not None
+            tracee.run_to(tracee.pid, entry)
+            modules = loaded_modules(tracee)
+            plan = self.plan([(m.path, m.name) for m in modules], main_name)
+            caller = RemoteCaller(tracee, tracee.pid)
+            scratch = caller.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
+            assert self.tracer.record_dtype is not None
+            layout = RuntimeLayout.for_buffer(self.settings.buffer_size_kb, self.tracer.record_dtype.itemsize)
+            rings = SharedRings(layout, tracee.pid)
+            try:
+                rings.map_into(caller, scratch)
+            finally:
+                rings.unlink()
+            installer = Installer(tracee, caller, self.engine, self.tracer, rings.layout)
+            sites_json: list[dict[str, Any]] = []
+            for mi, sites in plan.modules:
+                module = modules[mi]
+                installer.install(module, sites)
+                sites_json += [{"name": s.name, "module": module.name, "addr": s.vaddr + module.bias}
+                               for _, s in sites]
+        except BaseException:
+            tracee.close()
+            os.kill(tracee.pid, signal.SIGKILL)
+            os.waitpid(tracee.pid, ptrace.WALL)
+            raise
+        writer.write_json("sites.json", sites_json)
+        write_modules(writer, modules)
+        consumer = Consumer(writer)
+        consumer.add(tracee.pid, rings, self.tracer.record_dtype)
+        consumer.start()
+        supervisor = Supervisor(tracee, consumer, rings, scratch, self.tracer.record_dtype,
+                                list(installer.installed.patches.values()))
+        status = supervisor.run()
+        consumer.stop()
+        tracee.close()
+        end = clock.sample()
+        if end.ns - start.ns < 20_000_000:  # widen a short calibration interval
+            time.sleep(0.02)
+            end = clock.sample()
+        calibration = clock.Calibration.between(start, end)
+        lost = writer.lost + sum(p.rings.lost_no_slot for p in consumer.processes)
+        traced = len(sites_json)
+        writer.finish({
+            "program": self.settings.argv, "path": self.path, "pid": tracee.pid,
+            "engine": self.engine.name, "tracer": self.tracer.name,
+            "record_size": self.tracer.record_dtype.itemsize,
+            "ncpus": os.sysconf("SC_NPROCESSORS_ONLN"),
+            "clock": {"tsc0": calibration.tsc0, "ns0": calibration.ns0, "ns_per_tick": calibration.ns_per_tick},
+            "traced": traced, "refused": plan.refused, "events": writer.events, "lost": lost,
+            "exit_status": status,
+        })
+        return RecordResult(status, self.engine.name, traced, plan.refused, writer.events, lost)
+
+
+def record(settings: RecordSettings, registry: Registry) -> RecordResult:
+    """Run ``settings.argv`` traced and write its data directory."""
+    return Recorder(settings, registry).run()

@@ -1,0 +1,88 @@
+"""Symbol tables saved with a trace, and turning process addresses back into names.
+
+``record`` saves, for every executable module mapped in the process, its
+address range, load bias and function symbols, so that ``show`` can name
+callers long after the program and its libraries are gone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ktracecli.errors import ProgramError
+
+if TYPE_CHECKING:
+    from ktracecli.datadir import DataWriter, TraceData
+    from ktracecli.runtime.installer import LoadedModule
+
+
+def _preference(sym: "object") -> tuple[int, int, int, str]:
+    name = sym.name  # type: ignore[attr-defined]
+    return (int(sym.binding), len(name) - len(name.lstrip("_")), len(name), name)  # type: ignore[attr-defined]
+
+
+def write_modules(writer: "DataWriter", modules: list["LoadedModule"]) -> None:
+    """Save ``modules.json`` and one symbol file per module."""
+    from ktracecli.elf.image import ElfImage
+
+    entries = []
+    for i, module in enumerate(modules):
+        best: dict[int, object] = {}
+        try:
+            with ElfImage.open(module.path) as image:
+                for sym in image.functions():
+                    if sym.vaddr and (sym.vaddr not in best or _preference(sym) < _preference(best[sym.vaddr])):
+                        best[sym.vaddr] = sym
+        except ProgramError:
+            pass
+        ordered = sorted(best.values(), key=lambda s: s.vaddr)  # type: ignore[attr-defined]
+        name = f"symbols/{i}.json"
+        writer.write_json(name, {"vaddr": [s.vaddr for s in ordered],  # type: ignore[attr-defined]
+                                 "size": [s.size for s in ordered],  # type: ignore[attr-defined]
+                                 "name": [s.name for s in ordered]})  # type: ignore[attr-defined]
+        entries.append({"path": module.path, "name": module.name, "bias": module.bias,
+                        "start": module.start, "end": module.end, "symbols": name})
+    writer.write_json("modules.json", entries)
+
+
+class Symbolizer:
+    """Names process addresses with the symbol tables saved in a trace."""
+
+    def __init__(self, data: "TraceData") -> None:
+        self.modules = sorted(range(len(data.modules)), key=lambda i: data.modules[i]["start"])
+        self.starts = np.array([data.modules[i]["start"] for i in self.modules], dtype=np.uint64)
+        self.ends = np.array([data.modules[i]["end"] for i in self.modules], dtype=np.uint64)
+        self.data = data
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray, list[str]]] = {}
+
+    def _table(self, mi: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        if mi not in self._tables:
+            syms = self.data.symbols(mi)
+            vaddr = np.array(syms["vaddr"], dtype=np.uint64)
+            end = vaddr + np.array(syms["size"], dtype=np.uint64)
+            # a symbol of size 0 covers up to the next symbol
+            if len(vaddr):
+                nxt = np.append(vaddr[1:], np.uint64(2**63))
+                end = np.where(end == vaddr, nxt, end)
+            self._tables[mi] = (vaddr, end, list(syms["name"]))
+        return self._tables[mi]
+
+    def names(self, addrs: np.ndarray) -> list[str]:
+        """The function name containing each address, or the address in hex."""
+        addrs = addrs.astype(np.uint64)
+        unique, inverse = np.unique(addrs, return_inverse=True)
+        result = [f"0x{int(a):x}" for a in unique]
+        pos = np.searchsorted(self.starts, unique, side="right") - 1
+        for k, addr in enumerate(unique):
+            p = int(pos[k])
+            if p < 0 or addr >= self.ends[p]:
+                continue
+            mi = self.modules[p]
+            vaddr, end, names = self._table(mi)
+            rel = addr - np.uint64(self.data.modules[mi]["bias"] & (2**64 - 1))
+            j = int(np.searchsorted(vaddr, rel, side="right")) - 1
+            if j >= 0 and rel < end[j]:
+                result[k] = names[j]
+        return [result[i] for i in inverse]

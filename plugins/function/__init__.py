@@ -1,0 +1,39 @@
+"""The ``function`` tracer: one line per traced call, with its caller, in ftrace's format."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar, TextIO
+
+import numpy as np
+
+from ktracecli.hookspecs import hookimpl
+from ktracecli_function.handler import RECORD_DTYPE, handler_source
+
+if TYPE_CHECKING:
+    from ktracecli.datadir import TraceData
+    from ktracecli.registry import Registry
+    from ktracecli.runtime.layout import RuntimeLayout
+
+
+class FunctionTracer:
+    """ftrace's ``function`` tracer."""
+
+    name: ClassVar[str] = "function"
+    description: ClassVar[str] = "one line per traced call, with its caller"
+    record_dtype: ClassVar[np.dtype] = RECORD_DTYPE
+
+    def handler_source(self, layout: "RuntimeLayout") -> str:
+        """Assembly of the handler that writes one record per call."""
+        return handler_source(layout)
+
+    def show(self, data: "TraceData", out: TextIO) -> None:
+        """Print ``data`` in the function tracer's format (irq-info off)."""
+        from ktracecli_function.output import write_trace
+
+        write_trace(data, out)
+
+
+@hookimpl
+def ktrace_register_tracers(registry: "Registry") -> None:
+    """Register the function tracer."""
+    registry.add_tracer(FunctionTracer)

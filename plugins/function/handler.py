@@ -1,0 +1,76 @@
+"""The function tracer's handler: one 24-byte record per traced call.
+
+Record (little endian)::
+
+    +0   u64  tsc          rdtscp at entry
+    +8   u64  parent | cpu << 48   return address into the caller (user addresses fit
+                                   in 48 bits); cpu from rdtscp's TSC_AUX (low 12 bits)
+    +16  u32  site index
+    +20  u32  commit       low 32 bits of (reservation index + 1), written last
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ktracecli.runtime.layout import RuntimeLayout, slot_lookup_asm
+
+RECORD_DTYPE = np.dtype([("tsc", "<u8"), ("parent", "<u8"), ("site", "<u4"), ("commit", "<u4")])
+assert RECORD_DTYPE.itemsize == 24
+
+# Stack on entry, after the five pushes below:
+#   [rsp+0..32]  saved rdi, rsi, rdx, rcx, rax
+#   [rsp+40]     return into the engine stub
+#   [rsp+48]     site index
+SITE_INDEX = 48
+
+
+def handler_source(layout: RuntimeLayout) -> str:
+    """Keystone source of the handler (see ktracecli.interface for the ABI)."""
+    return f"""
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    {slot_lookup_asm(layout, found=".Lslot", full=".Lout")}
+.Lslot:
+    mov rax, qword ptr [rsi+32]
+.Lreserve:
+    mov rdx, rax
+    sub rdx, qword ptr [rsi+64]
+    cmp rdx, qword ptr [rsi+56]
+    jae .Ldrop
+    lea rdx, [rax+1]
+    cmpxchg qword ptr [rsi+32], rdx
+    jne .Lreserve
+    lea edi, [rax+1]
+    and rax, qword ptr [rsi+24]
+    lea rax, [rax+rax*2]
+    shl rax, 3
+    add rax, qword ptr [rsi+16]
+    mov rsi, rax
+    mov r11, qword ptr [r11]
+    mov eax, dword ptr [rsp+{SITE_INDEX}]
+    mov dword ptr [rsi+16], eax
+    rdtscp
+    shl rdx, 32
+    or rax, rdx
+    mov qword ptr [rsi], rax
+    and ecx, 0xfff
+    shl rcx, 48
+    or r11, rcx
+    mov qword ptr [rsi+8], r11
+    mov dword ptr [rsi+20], edi
+.Lout:
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    ret 8
+.Ldrop:
+    add qword ptr [rsi+40], 1
+    mov qword ptr [rsi+48], rax
+    jmp .Lout
+"""

@@ -4,7 +4,7 @@ Layout of the file (every key optional; a missing file means the defaults)::
 
     engine = "ktrace"          # how calls reach the tracer (ktracecli engine)
     tracer = "nop"             # what is recorded (ktracecli tracer), nop = off
-    buffer_size_kb = 4096      # ring size per traced thread
+    buffer_size_kb = 16384     # ring size per traced thread
 
     [ktrace]
     filter = ["main", "malloc:mod:libc.so.6"]   # set_ftrace_filter rules
@@ -43,7 +43,7 @@ class Config:
     engine: str = "ktrace"
     tracer: str = "nop"
     filters: tuple[str, ...] = ()
-    buffer_size_kb: int = 4096
+    buffer_size_kb: int = 16384
 
 
 def resolve_path(explicit: Path | None = None,

@@ -71,10 +71,9 @@ class DataWriter:
         if lost:
             stream.lost.append((stream.records + lost_at, lost))
         if len(records):
-            data = records.tobytes()
-            stream.handle.write(data)
+            stream.handle.write(records.view(np.uint8).data)
             stream.records += len(records)
-            self.bytes_written += len(data)
+            self.bytes_written += records.nbytes
 
     @property
     def events(self) -> int:

@@ -44,7 +44,7 @@ class RecordSettings:
     engine: str
     tracer: str
     filters: tuple[str, ...] = ()
-    buffer_size_kb: int = 4096
+    buffer_size_kb: int = 16384
     config_path: Path | None = None
 
 

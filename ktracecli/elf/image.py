@@ -17,6 +17,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
+from elftools.elf.segments import InterpSegment, NoteSegment
 
 from ktracecli.errors import ProgramError
 from ktracecli.model import Binding, Symbol
@@ -31,6 +32,8 @@ _R_X86_64_RELATIVE = 8
 _R_X86_64_IRELATIVE = 37
 _BINDINGS = {"STB_GLOBAL": Binding.GLOBAL, "STB_WEAK": Binding.WEAK, "STB_LOCAL": Binding.LOCAL,
              "STB_GNU_UNIQUE": Binding.GLOBAL}
+#: pyelftools names STT_GNU_IFUNC (10) STT_LOOS
+_FUNC_TYPES = ("STT_FUNC", "STT_GNU_IFUNC", "STT_LOOS")
 _RELA_DTYPE = np.dtype([("offset", "<u8"), ("info", "<u8"), ("addend", "<i8")])
 
 
@@ -140,7 +143,7 @@ class ElfImage:
     def interp(self) -> str | None:
         """The program interpreter (PT_INTERP), if any."""
         for seg in self._elf.iter_segments():
-            if seg["p_type"] == "PT_INTERP":
+            if isinstance(seg, InterpSegment):
                 return str(seg.get_interp_name())
         return None
 
@@ -172,7 +175,7 @@ class ElfImage:
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         return str(note["n_desc"])
         for seg in self._elf.iter_segments():
-            if seg["p_type"] == "PT_NOTE":
+            if isinstance(seg, NoteSegment):
                 for note in seg.iter_notes():
                     if note["n_type"] == "NT_GNU_BUILD_ID":
                         return str(note["n_desc"])
@@ -235,7 +238,7 @@ class ElfImage:
                 continue
             for sym in table.iter_symbols():
                 kind = sym["st_info"]["type"]
-                if kind not in ("STT_FUNC", "STT_GNU_IFUNC") or sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
+                if kind not in _FUNC_TYPES or sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
                     continue
                 name = sym.name.split("@", 1)[0]
                 if not name:
@@ -245,7 +248,7 @@ class ElfImage:
                     continue
                 seen[key] = Symbol(name, key[1], int(sym["st_size"]),
                                    _BINDINGS.get(sym["st_info"]["bind"], Binding.LOCAL),
-                                   kind == "STT_GNU_IFUNC")
+                                   kind != "STT_FUNC")
         return tuple(seen.values())
 
     # ------------------------------------------------------------------ code and data
@@ -344,8 +347,8 @@ class ElfImage:
             return frozenset()
         allv = np.unique(np.concatenate([v.astype(np.int64) for v in values]))
         inside = np.zeros(len(allv), dtype=bool)
-        for section in self._exec_sections:
-            inside |= (allv >= section.vaddr) & (allv < section.end)
+        for code in self._exec_sections:
+            inside |= (allv >= code.vaddr) & (allv < code.end)
         return frozenset(int(v) for v in allv[inside])
 
     def _defined_func_values(self, rela_section: object) -> dict[int, int]:
@@ -354,7 +357,7 @@ class ElfImage:
         out: dict[int, int] = {}
         if isinstance(link, SymbolTableSection):
             for i, sym in enumerate(link.iter_symbols()):
-                if sym["st_info"]["type"] in ("STT_FUNC", "STT_GNU_IFUNC") and sym["st_shndx"] != "SHN_UNDEF":
+                if sym["st_info"]["type"] in _FUNC_TYPES and sym["st_shndx"] != "SHN_UNDEF":
                     out[i] = int(sym["st_value"])
         return out
 

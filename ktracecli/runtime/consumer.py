@@ -53,6 +53,7 @@ class Consumer:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._backlog = False
 
     def add(self, pid: int, rings: SharedRings, dtype: np.dtype) -> None:
         """Start consuming a process's rings."""
@@ -72,12 +73,15 @@ class Consumer:
         self.drain()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.drain()
+        busy = False
+        while not self._stop.wait(0 if busy else self.interval):
+            # a ring that was an eighth full is drained again at once, not after a nap
+            busy = self.drain() > 0 and self._backlog
 
     def drain(self) -> int:
         """Drain every live slot of every process once; returns records copied."""
         copied = 0
+        self._backlog = False
         with self._lock:
             for proc in self.processes:
                 slots = proc.rings.slots
@@ -122,17 +126,22 @@ class Consumer:
         first = min(count, cap - start)
         # commit words first, then the records they vouch for (x86 keeps loads in order)
         commits = np.concatenate((ring["commit"][start:start + first], ring["commit"][:count - first]))
-        expected = (np.arange(tail + 1, head + 1, dtype=np.uint64) & COMMIT_MASK).astype(np.uint32)
-        bad = np.flatnonzero(commits != expected)
+        # record tail+k is complete when its commit word is (tail + 1 + k) mod 2**32
+        commits -= np.arange(count, dtype=np.uint32)
+        bad = np.flatnonzero(commits != np.uint32((tail + 1) & COMMIT_MASK))
         complete = int(bad[0]) if len(bad) else count
+        if complete * 8 >= cap:
+            self._backlog = True
         take1 = min(complete, first)
-        records = np.concatenate((ring[start:start + take1], ring[:complete - take1]))
-        slot.tail = tail + complete
         comm = proc.comms.get(tid)
         if comm is None:
             comm = proc.comms[tid] = _comm(proc.pid, tid)
         lost_at = min(max(drop_pos - tail, 0), complete) if new_lost else 0
-        self.writer.append(proc.pid, tid, comm, records, lost_at, new_lost)
+        # written straight from the shared ring; the slots are only given back afterwards
+        self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost)
+        if complete > take1:
+            self.writer.append(proc.pid, tid, comm, ring[:complete - take1])
+        slot.tail = tail + complete
         state.lost_seen = lost
         return complete
 

@@ -112,14 +112,25 @@ class _Tables:
                 self._read(table, 4, base=table)
 
 
-def analyze(image: ElfImage, x86: X86 | None = None) -> Analysis:
-    """Sites and refusals for every distinct function address of ``image``."""
-    x86 = x86 or X86()
+def _prepare(image: ElfImage, x86: X86) -> tuple[list[tuple[Symbol, tuple[str, ...], int]], np.ndarray,
+                                                 BranchScan, _Tables]:
+    """Alias groups, their entry vaddrs, the whole-module branch scan and the jump tables."""
     groups = group_aliases(image.functions())
     starts = np.asarray([sym.vaddr for sym, _names, _size in groups], dtype=np.int64)
     scan = x86.scan(image.exec_sections(), starts.tolist())
     ranges = np.asarray([(sym.vaddr, sym.vaddr + size) for sym, _n, size in groups], dtype=np.int64)
-    tables = _Tables(image, scan, ranges.reshape(-1, 2))
+    return groups, starts, scan, _Tables(image, scan, ranges.reshape(-1, 2))
+
+
+def jump_table_targets(image: ElfImage, x86: X86 | None = None) -> dict[int, int]:
+    """Every code vaddr a recognised jump table of ``image`` holds, mapped to the table's vaddr."""
+    return _prepare(image, x86 or X86())[3].targets
+
+
+def analyze(image: ElfImage, x86: X86 | None = None) -> Analysis:
+    """Sites and refusals for every distinct function address of ``image``."""
+    x86 = x86 or X86()
+    groups, starts, scan, tables = _prepare(image, x86)
     table_targets = np.asarray(sorted(tables.targets), dtype=np.int64)
     pointers = np.asarray(sorted(image.pointer_values()), dtype=np.int64)
     names = {sym.vaddr: sym.name for sym, _n, _s in groups}

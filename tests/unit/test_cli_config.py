@@ -339,7 +339,7 @@ def test_record_builds_settings_and_exits_with_the_programs_status(
     assert result.err == ("ktracecli: traced 12 functions, refused 3 (ktracecli available --rejected "
                           "says why), 4021 events recorded, 0 lost, engine ktrace\n")
     assert recorded == [FakeRecordSettings(["./prog", "-o", "x", "--help"], Path("out.data"), "ktrace",
-                                           "function", ("main",), 4096, cfg)]
+                                           "function", ("main",), 16384, cfg)]
 
 
 def test_record_passes_program_options_without_double_dash(

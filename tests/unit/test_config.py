@@ -18,7 +18,7 @@ def path(tmp_path: Path) -> Path:
 
 
 def test_missing_file_gives_the_defaults(path: Path) -> None:
-    assert config.load(path) == Config(engine="ktrace", tracer="nop", filters=(), buffer_size_kb=4096)
+    assert config.load(path) == Config(engine="ktrace", tracer="nop", filters=(), buffer_size_kb=16384)
     assert not path.exists()
 
 

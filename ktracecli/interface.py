@@ -8,9 +8,13 @@ Handler ABI (x86_64), the one contract between generated engine code and
 generated tracer code, identical for every engine::
 
     engine stub, at the traced function's entry (or wherever the engine's site is):
-        mov   r11, <address of the traced function's return-address slot>
+        push  r11                          ; r11 may be live: gcc's -fipa-ra keeps values
+                                           ; in call-clobbered registers across calls to
+                                           ; local functions that leave them alone
+        lea   r11, <the traced function's return-address slot>
         push  <site index>                 ; imm32, zero-extended by the handler
         call  <handler>                    ; rel32: the handler copy near this module
+        pop   r11
         ...                                ; the engine's own continuation
 
     on entry to the handler:
@@ -19,9 +23,9 @@ generated tracer code, identical for every engine::
         r11       address of the slot that holds the traced function's return
                   address (the tracer reads the caller there; function_graph may
                   rewrite it to hook the return)
-    the handler returns with ``ret 8`` and preserves every register except r11
-    and the status flags (which are dead at a function entry under the SysV ABI);
-    DF stays clear; no vector register is touched.
+    the handler returns with ``ret 8`` and preserves every register but r11
+    (which the stub restores) and the status flags too (-fipa-ra could in
+    principle keep them live); DF stays clear; no vector register is touched.
 
 Sites are numbered densely from 0 across all modules of one process; the site
 index is what records carry, and ``sites.json`` in the data directory maps it

@@ -117,11 +117,17 @@ def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str) -> str:
     rsi = slot, or to ``full`` when every slot is taken (the event is counted as
     lost in the control page).  The fast path is a hash of the fs base and one
     compare; the claim (once per thread) uses one lock cmpxchg and one gettid.
+    A thread without a thread pointer yet (a static program before its TLS is
+    set up) is keyed as fs base 1, since 0 marks a free slot.
     """
     table = layout.base + layout.slot_table
     end = table + layout.nslots * SLOT_SIZE
     return f"""
     rdfsbase rax
+    test rax, rax
+    jnz .Lhave_fs
+    mov eax, 1
+.Lhave_fs:
     mov rsi, rax
     movabs rdi, 0x9E3779B97F4A7C15
     imul rsi, rdi

@@ -18,16 +18,21 @@ from ktracecli.runtime.layout import RuntimeLayout, slot_lookup_asm
 RECORD_DTYPE = np.dtype([("tsc", "<u8"), ("parent", "<u8"), ("site", "<u4"), ("commit", "<u4")])
 assert RECORD_DTYPE.itemsize == 24
 
-# Stack on entry, after the five pushes below:
-#   [rsp+0..32]  saved rdi, rsi, rdx, rcx, rax
-#   [rsp+40]     return into the engine stub
-#   [rsp+48]     site index
-SITE_INDEX = 48
+# Stack after the six pushes below:
+#   [rsp+0..24]  saved rdi, rsi, rdx, rcx
+#   [rsp+32]     saved status flags (lahf in ah, seto in al)
+#   [rsp+40]     saved rax
+#   [rsp+48]     return into the engine stub
+#   [rsp+56]     site index
+SITE_INDEX = 56
 
 
 def handler_source(layout: RuntimeLayout) -> str:
     """Keystone source of the handler (see ktracecli.interface for the ABI)."""
     return f"""
+    push rax
+    lahf
+    seto al
     push rax
     push rcx
     push rdx
@@ -67,6 +72,9 @@ def handler_source(layout: RuntimeLayout) -> str:
     pop rsi
     pop rdx
     pop rcx
+    pop rax
+    add al, 0x7f
+    sahf
     pop rax
     ret 8
 .Ldrop:

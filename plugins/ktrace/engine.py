@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from ktracecli.arch.x86_64 import X86
     from ktracecli.elf.image import ElfImage
 
-#: mov r11, rsp (3) + push imm32 (5) + call rel32 (5)
-STUB_HEAD_SIZE = 13
+#: push r11 (2) + lea r11, [rsp+8] (5) + push imm32 (5) + call rel32 (5) + pop r11 (2)
+STUB_HEAD_SIZE = 19
+CALL_END = 17  # offset of the instruction after the call to the handler
 #: the most one relocated instruction can grow by (a last call: 20-byte push + 14-byte jmp)
 MAX_GROWTH = 34
 JMP_BACK_SIZE = 5
@@ -52,10 +53,12 @@ class KtraceEngine:
         return STUB_HEAD_SIZE + len(window) + MAX_GROWTH * len(self.x86.decode(window, 0)) + JMP_BACK_SIZE
 
     # The stub at S, for a window of L >= 5 bytes displaced from W = bias + window_vaddr:
-    #   S+0:   49 89 e3              mov  r11, rsp        ; [rsp] = the caller's return address
-    #   S+3:   68 <index:4>          push index
-    #   S+8:   e8 <handler:rel32>    call handler         ; handler returns with ret 8
-    #   S+13:  <relocated window>                         ; see arch.x86_64.relocate
+    #   S+0:   41 53                 push r11             ; r11 may be live (gcc -fipa-ra)
+    #   S+2:   4c 8d 5c 24 08        lea  r11, [rsp+8]    ; the caller's return address slot
+    #   S+7:   68 <index:4>          push index
+    #   S+12:  e8 <handler:rel32>    call handler         ; handler returns with ret 8
+    #   S+17:  41 5b                 pop  r11
+    #   S+19:  <relocated window>                         ; see arch.x86_64.relocate
     #   S+n:   e9 <W+L:rel32>        jmp  W+L             ; left out when the window already left
     #
     # The patch at W (endbr64, when present, stays in front of W untouched):
@@ -69,7 +72,9 @@ class KtraceEngine:
             RelocationError,
             call_rel32,
             jmp_rel32,
-            mov_r11_rsp,
+            lea_r11_rsp,
+            pop_r11,
+            push_r11,
             push_imm32,
             relocate,
         )
@@ -78,7 +83,8 @@ class KtraceEngine:
         if not 0 <= index <= 0xFFFFFFFF:
             raise PatchError(f"{site.name}: site index {index} does not fit in 32 bits")
         try:
-            head = mov_r11_rsp() + push_imm32(index) + call_rel32(stub_addr + 8, handler_addr)
+            head = (push_r11() + lea_r11_rsp(8) + push_imm32(index)
+                    + call_rel32(stub_addr + CALL_END - 5, handler_addr) + pop_r11())
             moved = relocate(self.x86.decode(window, addr), stub_addr + len(head))
             stub = head + moved.code
             if moved.falls_through:

@@ -21,7 +21,7 @@ import pytest
 from ktracecli.elf import ElfImage
 from ktracecli.interface import Analysis
 from ktracecli_ktrace.analysis import KtraceSite, analyze, jump_table_targets
-from ktracecli_ktrace.engine import KtraceEngine
+from ktracecli_ktrace.engine import STUB_HEAD_SIZE, KtraceEngine
 
 LIB_SOURCE = r"""
 __attribute__((visibility("hidden"))) int counter = 42;
@@ -193,17 +193,20 @@ def test_gcc_switch_table_is_found_and_function_kept(image: ElfImage, analysis: 
 # ----------------------------------------------------------------------------- sites
 
 
+H = STUB_HEAD_SIZE  # the stub's handler-call head, before the relocated window
+
+
 def test_rip_relative_first_instruction(analysis: Analysis, image: ElfImage) -> None:
     s = site(analysis, "rip_first")
     assert s.window_vaddr == s.vaddr and s.window[:2] == b"\x8b\x05" and len(s.window) == 6
     counter = s.vaddr + 6 + struct.unpack("<i", s.window[2:6])[0]
     assert image.exec_section_at(counter) is None and counter > s.vaddr   # the data of "counter"
     stub, patch = KtraceEngine().build(s, 0x10000000, 0x10000000 + 0x200000, 0x10000000 + 0x300000, 3)
-    moved = stub[13:19]
+    moved = stub[H:H + 6]
     assert moved[:2] == b"\x8b\x05"
     new_disp = struct.unpack("<i", moved[2:])[0]
-    assert 0x10200000 + 13 + 6 + new_disp == 0x10000000 + counter
-    assert stub[19:] == b"\xe9" + struct.pack("<i", (0x10000000 + s.vaddr + 6) - (0x10200000 + 24))
+    assert 0x10200000 + H + 6 + new_disp == 0x10000000 + counter
+    assert stub[H + 6:] == b"\xe9" + struct.pack("<i", (0x10000000 + s.vaddr + 6) - (0x10200000 + H + 11))
     assert patch.original == s.window and patch.new[0] == 0xE9 and patch.new[5:] == b"\xcc"
 
 
@@ -213,10 +216,10 @@ def test_relative_call_first(analysis: Analysis, image: ElfImage) -> None:
     bias, stub_addr = 0x20000000, 0x20100000
     stub, _ = KtraceEngine().build(s, bias, stub_addr, stub_addr + 0x1000, 1)
     ret = bias + s.vaddr + 5
-    assert stub[13:33] == (b"\x48\x8d\x64\x24\xf8" + b"\xc7\x04\x24" + struct.pack("<I", ret & 0xFFFFFFFF)
+    assert stub[H:H + 20] == (b"\x48\x8d\x64\x24\xf8" + b"\xc7\x04\x24" + struct.pack("<I", ret & 0xFFFFFFFF)
                            + b"\xc7\x44\x24\x04" + struct.pack("<I", ret >> 32))
     helper = vaddr(image, "helper")
-    assert stub[33:] == b"\xe9" + struct.pack("<i", bias + helper - (stub_addr + 38))
+    assert stub[H + 20:] == b"\xe9" + struct.pack("<i", bias + helper - (stub_addr + H + 25))
 
 
 def test_short_jcc_in_window(analysis: Analysis, image: ElfImage) -> None:
@@ -224,15 +227,15 @@ def test_short_jcc_in_window(analysis: Analysis, image: ElfImage) -> None:
     assert s.window == bytes.fromhex("85ff7406b807000000")
     stub, patch = KtraceEngine().build(s, 0, 0x100000, 0x200000, 0)
     target = s.vaddr + 4 + 6   # je at +2 (74 06): "1:" after mov (5) and ret (1)
-    assert stub[13:15] == b"\x85\xff"
-    assert stub[15:17] == b"\x0f\x84" and struct.unpack("<i", stub[17:21])[0] == target - (0x100000 + 21)
+    assert stub[H:H + 2] == b"\x85\xff"
+    assert stub[H + 2:H + 4] == b"\x0f\x84" and struct.unpack("<i", stub[H + 4:H + 8])[0] == target - (0x100000 + H + 8)
     assert patch.new == b"\xe9" + struct.pack("<i", 0x100000 - (s.vaddr + 5)) + b"\xcc" * 4
 
 
 def test_tail_call_thunk_is_patchable(analysis: Analysis) -> None:
     s = site(analysis, "thunk")
     stub, _ = KtraceEngine().build(s, 0, 0x100000, 0x200000, 0)
-    assert len(stub) == 13 + 5, "a relocated jmp needs no jump back"
+    assert len(stub) == H + 5, "a relocated jmp needs no jump back"
 
 
 def test_endbr64_stays_in_place(analysis: Analysis) -> None:
@@ -243,8 +246,8 @@ def test_endbr64_stays_in_place(analysis: Analysis) -> None:
 def test_stub_head_follows_handler_abi(analysis: Analysis) -> None:
     s = site(analysis, "rip_first")
     stub, _ = KtraceEngine().build(s, 0, 0x100000, 0x180000, 0x1234)
-    assert stub[:13] == (b"\x49\x89\xe3" + b"\x68\x34\x12\x00\x00"
-                         + b"\xe8" + struct.pack("<i", 0x180000 - 0x10000D))
+    assert stub[:19] == (b"\x41\x53" + b"\x4c\x8d\x5c\x24\x08" + b"\x68\x34\x12\x00\x00"
+                         + b"\xe8" + struct.pack("<i", 0x180000 - 0x100011) + b"\x41\x5b")
     assert len(stub) <= KtraceEngine().detour_size(s)
 
 
@@ -305,8 +308,9 @@ def _run_patched(lib: Path, analysis: Analysis) -> str:
                           ctypes.c_long]
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     dll = ctypes.CDLL(str(lib))
-    base = next(int(line.split("-")[0], 16) for line in open("/proc/self/maps")
-                if line.rstrip().endswith(str(lib)) and line.split()[2] == "00000000")
+    maps = [line.split() for line in open("/proc/self/maps") if line.rstrip().endswith(str(lib))]
+    base = next(int(m[0].split("-")[0], 16) for m in maps if m[2] == "00000000")
+    lib_end = max(int(m[0].split("-")[1], 16) for m in maps)
     rwx = mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC
     area = libc.mmap(base - 0x1000000, 0x10000, rwx, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     if abs(area - base) > 1 << 30:
@@ -337,7 +341,7 @@ def _run_patched(lib: Path, analysis: Analysis) -> str:
         if ctypes.c_uint32.from_address(data + 8).value != index:
             return f"{name}: the handler saw index {ctypes.c_uint32.from_address(data + 8).value}"
         ret = ctypes.c_uint64.from_address(data).value
-        if base <= ret < base + 0x100000 or area <= ret < area + 0x10000:
+        if base <= ret < lib_end or area <= ret < area + 0x10000:
             return f"{name}: [r11] = {ret:#x} is not the caller's return address"
     return ""
 

@@ -12,7 +12,9 @@ from ktracecli.arch.x86_64.encode import (
     jcc_rel32,
     jmp_abs,
     jmp_rel32,
-    mov_r11_rsp,
+    lea_r11_rsp,
+    pop_r11,
+    push_r11,
     push_imm32,
     push_return_address,
     rel32,
@@ -21,7 +23,7 @@ from ktracecli.arch.x86_64.relocate import Relocated, RelocationError, relocate
 
 __all__ = [
     "ENDS_FLOW", "BranchScan", "DecodeError", "Insn", "Kind", "X86",
-    "RangeError", "call_abs", "call_rel32", "jcc_rel32", "jmp_abs", "jmp_rel32", "mov_r11_rsp",
+    "RangeError", "call_abs", "call_rel32", "jcc_rel32", "jmp_abs", "jmp_rel32", "lea_r11_rsp", "pop_r11", "push_r11",
     "push_imm32", "push_return_address", "rel32",
     "Relocated", "RelocationError", "relocate",
 ]

@@ -84,11 +84,28 @@ def push_return_address(ret_addr: int) -> bytes:
             + b"\xc7\x44\x24\x04" + struct.pack("<I", hi))
 
 
-# mov r11, rsp:
-#   49 89 e3
-def mov_r11_rsp() -> bytes:
-    """``mov r11, rsp`` (3 bytes)."""
-    return b"\x49\x89\xe3"
+# Saving r11 around the handler call, and pointing it at the return-address slot.
+# r11 may be live at a function entry: gcc's interprocedural register allocation
+# (-fipa-ra, on at -O2) keeps values in call-clobbered registers across calls to
+# local functions that do not clobber them.
+#   41 53              push r11
+#   4c 8d 5c 24 08     lea  r11, [rsp+8]      ; the slot above the saved r11
+#   41 5b              pop  r11
+def push_r11() -> bytes:
+    """``push r11`` (2 bytes)."""
+    return b"\x41\x53"
+
+
+def lea_r11_rsp(disp: int) -> bytes:
+    """``lea r11, [rsp+disp8]`` (5 bytes, flags untouched)."""
+    if not -128 <= disp <= 127:
+        raise ValueError(f"lea r11, [rsp{disp:+d}]: displacement does not fit in 8 bits")
+    return b"\x4c\x8d\x5c\x24" + struct.pack("<b", disp)
+
+
+def pop_r11() -> bytes:
+    """``pop r11`` (2 bytes)."""
+    return b"\x41\x5b"
 
 
 # push imm32 (sign-extended to 64 bits by the CPU; the handler reads the low 32):

@@ -2,9 +2,9 @@
 
 Record (little endian)::
 
-    +0   u64  tsc          rdtscp at entry
+    +0   u64  tsc          time stamp counter at entry
     +8   u64  parent | cpu << 48   return address into the caller (user addresses fit
-                                   in 48 bits); cpu from rdtscp's TSC_AUX (low 12 bits)
+                                   in 48 bits); cpu from TSC_AUX (low 12 bits)
     +16  u32  site index
     +20  u32  commit       low 32 bits of (reservation index + 1), written last
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ktracecli.runtime.layout import RuntimeLayout, slot_lookup_asm
+from ktracecli.runtime.layout import RuntimeLayout, slot_lookup_asm, timestamp_asm
 
 RECORD_DTYPE = np.dtype([("tsc", "<u8"), ("parent", "<u8"), ("site", "<u4"), ("commit", "<u4")])
 assert RECORD_DTYPE.itemsize == 24
@@ -58,7 +58,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov r11, qword ptr [r11]
     mov eax, dword ptr [rsp+{SITE_INDEX}]
     mov dword ptr [rsi+16], eax
-    rdtscp
+    {timestamp_asm()}
     shl rdx, 32
     or rax, rdx
     mov qword ptr [rsi], rax

@@ -106,6 +106,8 @@ class Recorder:
         self.tracer: Tracer = registry.tracer(settings.tracer)
         self.rules = filters.parse_all(settings.filters)
         self.path = resolve_program(settings.argv[0])
+        #: the file the kernel maps (symlinks resolved), as /proc/PID/maps names it
+        self.real_path = os.path.realpath(self.path)
         self._analyses: dict[str, Analysis] = {}
 
     def analysis(self, path: str) -> Analysis:
@@ -160,13 +162,13 @@ class Recorder:
 
     def run(self) -> RecordResult:
         """Record the program; returns its exit status and the totals."""
-        main_name = os.path.basename(self.path)
-        with ElfImage.open(self.path):
+        main_name = os.path.basename(self.real_path)
+        with ElfImage.open(self.real_path):
             pass  # a clear error for non-ELF, 32-bit and other programs before anything runs
         if self.tracer.record_dtype is None:
             return self._run_untraced()
         if not any(r.module for r in self.rules):
-            self.plan([(self.path, main_name)], main_name)  # bad patterns fail before the program runs
+            self.plan([(self.real_path, main_name)], main_name)  # bad patterns fail before the program runs
         writer = DataWriter(self.settings.output)
         try:
             return self._record(writer, main_name)

@@ -79,6 +79,14 @@ class Engine(Protocol):
         """Find every function of ``image`` this engine can patch, and refuse the rest with reasons."""
         ...
 
+    def prepare(self, analysis: Analysis, bias: int) -> list["Patch"]:
+        """Patches to apply once to a module before any of its sites is enabled.
+
+        The mcount engine turns every compiler-made call site into a NOP here, as
+        dynamic ftrace does at boot; the ktrace engine has nothing to do.
+        """
+        ...
+
     def detour_size(self, site: FunctionSite) -> int:
         """Bytes of tracee memory (within +-2 GiB of the module) the site's stub needs."""
         ...

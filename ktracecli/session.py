@@ -205,6 +205,9 @@ class Recorder:
                 rings.unlink()
             installer = Installer(tracee, caller, self.engine, self.tracer, rings.layout)
             sites_json: list[dict[str, Any]] = []
+            for module in modules:
+                if module.path in self._analyses:
+                    installer.prepare(module, self._analyses[module.path])
             for mi, sites in plan.modules:
                 module = modules[mi]
                 installer.install(module, sites)
@@ -221,7 +224,7 @@ class Recorder:
         consumer.add(tracee.pid, rings, self.tracer.record_dtype)
         consumer.start()
         supervisor = Supervisor(tracee, consumer, rings, scratch, self.tracer.record_dtype,
-                                list(installer.installed.patches.values()))
+                                installer.installed.in_order())
         status = supervisor.run()
         consumer.stop()
         tracee.close()

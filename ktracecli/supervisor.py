@@ -197,7 +197,7 @@ class Supervisor:
         for pid, proc in list(self.procs.items()):
             stopped = self._stop_threads(proc)
             try:
-                for patch in proc.patches:
+                for patch in reversed(proc.patches):
                     if proc.tracee.read(patch.addr, len(patch.new)) == patch.new:
                         proc.tracee.write(patch.addr, patch.original)
             finally:

@@ -8,5 +8,4 @@ command -v gcc >/dev/null || { echo "setup: gcc is required (apt-get install gcc
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
     "$PYTHON" -m venv "$ROOT/.venv"
 fi
-"$ROOT/.venv/bin/python" -m pip install --quiet --upgrade pip
 "$ROOT/.venv/bin/python" -m pip install --quiet -e "$ROOT[test]"

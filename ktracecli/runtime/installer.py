@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ktracecli.arch.x86_64.assembler import assemble
 from ktracecli.errors import PatchError, ProcessError
-from ktracecli.interface import Engine, FunctionSite, Tracer
+from ktracecli.interface import Analysis, Engine, FunctionSite, Tracer
 from ktracecli.model import Patch
 from ktracecli.process import ptrace
 from ktracecli.process.maps import PAGE, find_free_near
@@ -52,9 +52,14 @@ class Region:
 
 @dataclass
 class Installed:
-    """What is enabled in a process: site index -> its patch."""
+    """What is written in a process: modules' preparation patches, then site index -> its patch."""
 
+    prepared: list[Patch] = field(default_factory=list)
     patches: dict[int, Patch] = field(default_factory=dict)
+
+    def in_order(self) -> list[Patch]:
+        """Every patch in the order it was applied (undo them in reverse)."""
+        return [*self.prepared, *self.patches.values()]
 
 
 class Installer:
@@ -84,6 +89,13 @@ class Installer:
             except LookupError:
                 continue
         raise ProcessError(f"no free memory within 2 GiB of {module.name} for trampolines")
+
+    def prepare(self, module: LoadedModule, analysis: Analysis) -> None:
+        """Apply the engine's one-time patches to a module (e.g. mcount sites to NOPs)."""
+        patches = self.engine.prepare(analysis, module.bias)
+        if patches:
+            self.apply(patches)
+            self.installed.prepared += patches
 
     def install(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> list[Patch]:
         """Write a handler and one stub per site near ``module``, then enable every site.
@@ -139,6 +151,6 @@ class Installer:
 
     def restore_all(self) -> None:
         """Put every original byte back (every thread stopped)."""
-        patches = list(self.installed.patches.values())
-        self.apply([p.undo() for p in patches])
+        self.apply([p.undo() for p in reversed(self.installed.in_order())])
         self.installed.patches.clear()
+        self.installed.prepared.clear()

@@ -47,6 +47,10 @@ class KtraceEngine:
         from .analysis import analyze
         return analyze(image, self.x86)
 
+    def prepare(self, analysis: Analysis, bias: int) -> list[Patch]:
+        """Nothing: a function's bytes stay as they are until its site is enabled."""
+        return []
+
     def detour_size(self, site: FunctionSite) -> int:
         """An upper bound of the stub's size: head, relocated window, jump back."""
         window = _window(site)

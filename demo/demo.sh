@@ -9,8 +9,10 @@ mkdir -p "$BUILD"
 gcc -O2 -o "$BUILD/demo" "$ROOT/demo/demo.c"
 
 # A config of its own, so the demo never touches yours.
-kt() { "$ROOT/.venv/bin/ktracecli" --config "$BUILD/demo.toml" "$@"; }
-set -x
+kt() {
+    echo "\$ ktracecli $*" >&2
+    "$ROOT/.venv/bin/ktracecli" --config "$BUILD/demo.toml" "$@"
+}
 kt engine ktrace
 kt tracer function
 kt ktrace clear

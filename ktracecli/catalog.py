@@ -6,6 +6,7 @@ import os
 import shutil
 from dataclasses import dataclass
 
+from ktracecli import analysis_cache
 from ktracecli.elf.image import ElfImage
 from ktracecli.elf.libsearch import find_module
 from ktracecli.errors import NoMatchError
@@ -32,7 +33,7 @@ def program_path(program: str) -> str:
 
 def _analyze(path: str, engine: Engine) -> ModuleAnalysis:
     with ElfImage.open(path) as image:
-        return ModuleAnalysis(image.path, image.name, engine.analyze(image))
+        return ModuleAnalysis(image.path, image.name, analysis_cache.analyze(engine, image))
 
 
 def available(program: str, engine: Engine, module_glob: str | None) -> list[ModuleAnalysis]:

@@ -13,11 +13,12 @@ import os
 import signal
 import subprocess
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ktracecli import filters
+from ktracecli import analysis_cache, filters
 from ktracecli.datadir import DataWriter
 from ktracecli.elf.image import ElfImage
 from ktracecli.errors import NoMatchError, ProgramError
@@ -114,7 +115,7 @@ class Recorder:
         """The engine's analysis of one module, computed once."""
         if path not in self._analyses:
             with ElfImage.open(path) as image:
-                self._analyses[path] = self.engine.analyze(image)
+                self._analyses[path] = analysis_cache.analyze(self.engine, image)
         return self._analyses[path]
 
     def plan(self, modules: list[tuple[str, str]], main_name: str) -> Plan:
@@ -122,12 +123,14 @@ class Recorder:
         candidates: list[filters.Candidate] = []
         entries: list[tuple[int, FunctionSite | None]] = []
         refusal_names: dict[int, str] = {}
+        analyses: list[tuple[str, Analysis]] = []
         for mi, (path, name) in enumerate(modules):
             wanted = name == main_name or any(r.module is not None and r.applies_to(name, main_name)
                                               for r in self.rules)
             if not wanted:
                 continue
             analysis = self.analysis(path)
+            analyses.append((name, analysis))
             for site in analysis.sites:
                 candidates.append((name, site.names))
                 entries.append((mi, site))
@@ -135,6 +138,8 @@ class Recorder:
                 candidates.append((name, (refusal.name,)))
                 refusal_names[len(entries)] = f"{refusal.name} ({refusal.reason})"
                 entries.append((mi, None))
+        if analyses and not any(a.sites for _name, a in analyses):
+            self._explain_nothing_traceable(analyses)
         selection = filters.select(self.rules, candidates, main_name)
         if selection.unmatched:
             self._explain_unmatched(selection.unmatched, candidates, refusal_names, main_name)
@@ -148,6 +153,14 @@ class Recorder:
             per_module.setdefault(mi, []).append((index, site))
             index += 1
         return Plan(sorted(per_module.items()), refused)
+
+    def _explain_nothing_traceable(self, analyses: list[tuple[str, Analysis]]) -> None:
+        """One line for modules in which the engine can trace nothing: the commonest reason first."""
+        reasons = Counter(r.reason for _name, a in analyses for r in a.refusals)
+        reason = reasons.most_common(1)[0][0] if reasons else "no function symbols"
+        total = sum(reasons.values())
+        raise NoMatchError(f"{', '.join(name for name, _a in analyses)}: {reason} "
+                           f"(the {self.engine.name} engine can trace none of its {total} functions)")
 
     def _explain_unmatched(self, rules: tuple[filters.FilterRule, ...], candidates: list[filters.Candidate],
                            refusal_names: dict[int, str], main_name: str) -> None:

@@ -28,6 +28,8 @@ _PF_X = 0x1
 _SHF_ALLOC = 0x2
 _SHF_EXECINSTR = 0x4
 _R_X86_64_64 = 1
+_R_X86_64_GLOB_DAT = 6
+_R_X86_64_JUMP_SLOT = 7
 _R_X86_64_RELATIVE = 8
 _R_X86_64_IRELATIVE = 37
 _BINDINGS = {"STB_GLOBAL": Binding.GLOBAL, "STB_WEAK": Binding.WEAK, "STB_LOCAL": Binding.LOCAL,
@@ -381,3 +383,43 @@ class ElfImage:
             if len(word):
                 out.append(int(word[0]))
         return np.array(out, dtype=np.int64)
+
+    # ------------------------------------------------------------------ address tables and imports
+
+    def address_table(self, section_name: str) -> list[int] | None:
+        """The non-zero 8-byte vaddrs stored in ``section_name`` (``__mcount_loc``,
+        ``__patchable_function_entries``), relocation addends applied; None without that section."""
+        section = self._elf.get_section_by_name(section_name)
+        if section is None or section["sh_type"] == "SHT_NOBITS":
+            return None
+        base = int(section["sh_addr"])
+        data = section.data()
+        words = np.frombuffer(data[:len(data) // 8 * 8], dtype="<u8").astype(np.int64).tolist()
+        end = base + 8 * len(words)
+        for rela_section in self._elf.iter_sections():
+            if rela_section["sh_type"] != "SHT_RELA" or rela_section["sh_entsize"] != _RELA_DTYPE.itemsize:
+                continue
+            rela = np.frombuffer(rela_section.data(), dtype=_RELA_DTYPE)
+            inside = rela[(rela["offset"] >= base) & (rela["offset"] < end)
+                          & ((rela["info"] & 0xFFFFFFFF) == _R_X86_64_RELATIVE)]
+            for offset, addend in zip(inside["offset"].tolist(), inside["addend"].tolist()):
+                if (offset - base) % 8 == 0:
+                    words[(offset - base) // 8] = int(addend)
+        return [w for w in words if w]
+
+    def got_symbols(self) -> dict[int, str]:
+        """The imported symbol each GOT slot holds (GLOB_DAT and JUMP_SLOT relocations), by slot vaddr."""
+        out: dict[int, str] = {}
+        for section in self._elf.iter_sections():
+            if section["sh_type"] != "SHT_RELA" or section["sh_entsize"] != _RELA_DTYPE.itemsize:
+                continue
+            symtab = self._elf.get_section(int(section["sh_link"]))
+            if not isinstance(symtab, SymbolTableSection):
+                continue
+            rela = np.frombuffer(section.data(), dtype=_RELA_DTYPE)
+            kinds = rela["info"] & 0xFFFFFFFF
+            for entry in rela[(kinds == _R_X86_64_GLOB_DAT) | (kinds == _R_X86_64_JUMP_SLOT)]:
+                name = symtab.get_symbol(int(entry["info"] >> 32)).name.split("@", 1)[0]
+                if name:
+                    out[int(entry["offset"])] = name
+        return out

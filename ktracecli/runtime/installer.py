@@ -52,14 +52,26 @@ class Region:
 
 @dataclass
 class Installed:
-    """What is written in a process: modules' preparation patches, then site index -> its patch."""
+    """What is written in one process.
+
+    ``prepared``: each module's one-time engine patches; ``built``: every site
+    whose stub exists in the process (site index -> the patch that enables it);
+    ``patches``: the sites enabled now.  Stubs are never freed, so a disabled
+    site is enabled again by re-applying its patch.
+    """
 
     prepared: list[Patch] = field(default_factory=list)
+    prepared_modules: set[str] = field(default_factory=set)
+    built: dict[int, Patch] = field(default_factory=dict)
     patches: dict[int, Patch] = field(default_factory=dict)
 
     def in_order(self) -> list[Patch]:
         """Every patch in the order it was applied (undo them in reverse)."""
         return [*self.prepared, *self.patches.values()]
+
+    def copy(self) -> "Installed":
+        """The same state, for a forked child (its memory is a copy of its parent's)."""
+        return Installed(list(self.prepared), set(self.prepared_modules), dict(self.built), dict(self.patches))
 
 
 class Installer:
@@ -91,11 +103,34 @@ class Installer:
         raise ProcessError(f"no free memory within 2 GiB of {module.name} for trampolines")
 
     def prepare(self, module: LoadedModule, analysis: Analysis) -> None:
-        """Apply the engine's one-time patches to a module (e.g. mcount sites to NOPs)."""
+        """Apply the engine's one-time patches to a module (e.g. mcount sites to NOPs), once."""
+        if module.path in self.installed.prepared_modules:
+            return
         patches = self.engine.prepare(analysis, module.bias)
         if patches:
             self.apply(patches)
             self.installed.prepared += patches
+        self.installed.prepared_modules.add(module.path)
+
+    def enable(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> int:
+        """Enable sites, building stubs for those that have none yet; returns how many were enabled."""
+        new = [(i, s) for i, s in sites if i not in self.installed.built]
+        again = [i for i, _ in sites if i in self.installed.built and i not in self.installed.patches]
+        if new:
+            self.install(module, new)
+        if again:
+            patches = [self.installed.built[i] for i in again]
+            self.apply(patches)
+            self.installed.patches.update(zip(again, patches))
+        return len(new) + len(again)
+
+    def disable(self, indices: list[int]) -> int:
+        """Put back the original bytes of enabled sites (their stubs stay); returns how many."""
+        enabled = [i for i in indices if i in self.installed.patches]
+        self.apply([self.installed.patches[i].undo() for i in enabled])
+        for i in enabled:
+            del self.installed.patches[i]
+        return len(enabled)
 
     def install(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> list[Patch]:
         """Write a handler and one stub per site near ``module``, then enable every site.
@@ -122,6 +157,7 @@ class Installer:
         self.apply([p for _, p in patches])
         for index, patch in patches:
             self.installed.patches[index] = patch
+            self.installed.built[index] = patch
         return [p for _, p in patches]
 
     def _check_threads_outside(self, patches: list[Patch]) -> None:

@@ -3,6 +3,7 @@
 ::
 
     # tracer: function
+    # engine: mcount
     #
     # entries-in-buffer/entries-written: 3/3   #P:2
     #
@@ -11,6 +12,12 @@
                 prog-4242    [001]  5012.118834: main <-__libc_start_call_main
 
 Threads are merged in timestamp order, as the kernel merges its CPU buffers.
+
+``# engine: NAME`` (the engine that delivered the calls, from ``info.json``) is
+ours: a comment line added right after the tracer line, so that every line of
+the kernel's header is still there, unchanged and in its order, and a reader
+that looks for ``# tracer:`` on the first line or skips ``#`` lines still works.
+A trace recorded before engines were named prints no engine line.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from ktracecli_function.handler import RECORD_DTYPE
 ADDR_MASK = (1 << 48) - 1
 HEADER = """\
 # tracer: function
-#
+{engine}#
 # entries-in-buffer/entries-written: {entries}/{written}   #P:{ncpus}
 #
 #           TASK-PID     CPU#     TIMESTAMP  FUNCTION
@@ -47,7 +54,9 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
     records = [t.records.view(RECORD_DTYPE) for t in threads]
     entries = sum(len(r) for r in records)
     lost_total = sum(n for t in threads for _, n in t.lost)
-    out.write(HEADER.format(entries=entries, written=entries + lost_total, ncpus=data.info.get("ncpus", 1)))
+    engine = data.info.get("engine")
+    out.write(HEADER.format(engine=f"# engine: {engine}\n" if engine else "", entries=entries,
+                            written=entries + lost_total, ncpus=data.info.get("ncpus", 1)))
     if not threads:
         return
     all_records = np.concatenate(records) if records else np.zeros(0, RECORD_DTYPE)

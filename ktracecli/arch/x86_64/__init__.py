@@ -9,21 +9,27 @@ from ktracecli.arch.x86_64.encode import (
     RangeError,
     call_abs,
     call_rel32,
+    call_rel32_sized,
     jcc_rel32,
     jmp_abs,
     jmp_rel32,
+    lea_r11_rbp,
     lea_r11_rsp,
+    nop,
     pop_r11,
     push_r11,
     push_imm32,
     push_return_address,
     rel32,
+    ret,
 )
+from ktracecli.arch.x86_64.frame import frame_pointer_refusal
 from ktracecli.arch.x86_64.relocate import Relocated, RelocationError, relocate
 
 __all__ = [
     "ENDS_FLOW", "BranchScan", "DecodeError", "Insn", "Kind", "X86",
     "RangeError", "call_abs", "call_rel32", "jcc_rel32", "jmp_abs", "jmp_rel32", "lea_r11_rsp", "pop_r11", "push_r11",
     "push_imm32", "push_return_address", "rel32",
+    "call_rel32_sized", "lea_r11_rbp", "nop", "ret", "frame_pointer_refusal",
     "Relocated", "RelocationError", "relocate",
 ]

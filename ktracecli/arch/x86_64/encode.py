@@ -115,3 +115,53 @@ def push_imm32(value: int) -> bytes:
     if not 0 <= value <= 0xFFFFFFFF:
         raise ValueError(f"push imm32: {value} does not fit in 32 bits")
     return b"\x68" + struct.pack("<I", value)
+
+
+# lea r11, [rbp+disp8] (the -pg site's return-address slot, [rbp+8], after push rbp; mov rbp, rsp):
+#   4c 8d 5d d8
+def lea_r11_rbp(disp: int) -> bytes:
+    """``lea r11, [rbp+disp8]`` (4 bytes, flags untouched)."""
+    if not -128 <= disp <= 127:
+        raise ValueError(f"lea r11, [rbp{disp:+d}]: displacement does not fit in 8 bits")
+    return b"\x4c\x8d\x5d" + struct.pack("<b", disp)
+
+
+# ret:
+#   c3
+def ret() -> bytes:
+    """``ret`` (1 byte)."""
+    return b"\xc3"
+
+
+#: the single-instruction NOPs the SDM recommends, by length (the disabled form of a call site)
+_NOPS = {
+    1: b"\x90",                                    # nop
+    2: b"\x66\x90",                                # xchg %ax, %ax
+    3: b"\x0f\x1f\x00",                            # nopl (%rax)
+    4: b"\x0f\x1f\x40\x00",                        # nopl 0x0(%rax)
+    5: b"\x0f\x1f\x44\x00\x00",                    # nopl 0x0(%rax,%rax,1)
+    6: b"\x66\x0f\x1f\x44\x00\x00",                # nopw 0x0(%rax,%rax,1)
+    7: b"\x0f\x1f\x80\x00\x00\x00\x00",            # nopl 0x0(%rax)  (disp32)
+    8: b"\x0f\x1f\x84\x00\x00\x00\x00\x00",        # nopl 0x0(%rax,%rax,1)  (disp32)
+    9: b"\x66\x0f\x1f\x84\x00\x00\x00\x00\x00",    # nopw 0x0(%rax,%rax,1)  (disp32)
+}
+
+
+def nop(size: int) -> bytes:
+    """One NOP instruction of ``size`` bytes (1 to 9)."""
+    try:
+        return _NOPS[size]
+    except KeyError:
+        raise ValueError(f"no {size}-byte NOP instruction is generated") from None
+
+
+# call rel32 filling `size` bytes as ONE instruction, with CS segment-override prefixes
+# (ignored in 64-bit mode; the kernel pads its call sites the same way), so that the
+# return address is src+size, the end of the site, whatever its length:
+#   size 5:  e8 d0 d1 d2 d3          call dst
+#   size 6:  2e e8 d0 d1 d2 d3       cs call dst      ; d = dst - (src + 6)
+def call_rel32_sized(src: int, dst: int, size: int) -> bytes:
+    """``call dst`` placed at ``src``, one instruction of ``size`` bytes (5 or 6)."""
+    if size not in (5, 6):
+        raise ValueError(f"no {size}-byte form of call rel32 is generated")
+    return b"\x2e" * (size - 5) + b"\xe8" + rel32(src + size, dst)

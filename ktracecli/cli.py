@@ -124,6 +124,61 @@ def tracer(
         typer.echo(config.load(path).tracer)
 
 
+# --- settings and trace options ---------------------------------------------------------------
+
+
+@app.command("config")
+def config_(
+    ctx: typer.Context,
+    name: Annotated[Optional[str], typer.Argument(help=f"One of: {', '.join(config.NUMERIC)}.")] = None,
+    value: Annotated[Optional[str], typer.Argument(help="New value (a non-negative integer).")] = None,
+) -> None:
+    """Show or set a numeric setting, like the kernel's files (max_graph_depth, tracing_thresh...)."""
+    path = _config_path(ctx)
+    settings = config.load(path)
+    if name is None:
+        for key in config.NUMERIC:
+            typer.echo(f"{key} = {getattr(settings, key)}")
+        return
+    if name not in config.NUMERIC:
+        raise UsageError(f"unknown setting {name!r} (known: {', '.join(config.NUMERIC)})")
+    if value is None:
+        typer.echo(getattr(settings, name))
+        return
+    number = _non_negative(name, value)
+    if name == "buffer_size_kb" and number == 0:
+        raise UsageError("buffer_size_kb must be a positive integer")
+    if getattr(settings, name) != number:
+        config.update(path, **{name: number})
+
+
+def _non_negative(name: str, text: str) -> int:
+    """``text`` as a decimal integer >= 0, or a UsageError naming ``name``."""
+    text = text.strip()
+    if not text.isdigit():
+        raise UsageError(f"{name} must be an integer >= 0, not {text!r}")
+    return int(text)
+
+
+@app.command()
+def options(
+    ctx: typer.Context,
+    tokens: Annotated[Optional[list[str]], typer.Argument(
+        metavar="[no]OPTION", help="Options to set (OPTION) or clear (noOPTION).")] = None,
+) -> None:
+    """List the trace options (one opt/noopt per line) or set them, like the kernel's trace_options."""
+    path = _config_path(ctx)
+    current = config.load(path).options
+    if not tokens:
+        typer.echo("\n".join(current.lines()))
+        return
+    new = current
+    for token in _tokens(tokens):
+        new = new.set(token)
+    if new != current:
+        config.update(path, options=new)
+
+
 # --- ktrace filter rules --------------------------------------------------------------------
 
 
@@ -231,6 +286,8 @@ def record(
         filters=settings.filters,
         buffer_size_kb=settings.buffer_size_kb,
         config_path=path,
+        max_graph_depth=settings.max_graph_depth,
+        tracing_thresh=settings.tracing_thresh,
     )
     result = session.record(record_settings, build_registry())
     why = " (ktracecli available --rejected says why)" if result.refused else ""
@@ -244,15 +301,27 @@ def record(
 
 @app.command()
 def show(
+    ctx: typer.Context,
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Data directory.")] = Path("ktrace.data"),
+    per_thread: Annotated[bool, typer.Option(
+        "--per-thread", help="function_graph: each thread's calls on their own, headed with its comm-tid.")] = False,
+    option: Annotated[Optional[list[str]], typer.Option(
+        "-O", "--option", metavar="[no]OPTION", help="A trace option for this show only (repeatable).")] = None,
 ) -> None:
-    """Print recorded data in the format of its tracer (like the kernel's trace file)."""
-    from ktracecli import datadir
+    """Print recorded data in the format of its tracer (like the kernel's trace file).
 
+    The trace options of the config file apply (see 'ktracecli options'), then those of -O.
+    """
+    from ktracecli import datadir
+    from ktracecli.interface import ShowSettings
+
+    shown = config.load(_config_path(ctx)).options
+    for token in _tokens(option or []):
+        shown = shown.set(token)
     data = datadir.load(directory)
     tracer_ = build_registry().tracer(data.tracer)
     try:
-        tracer_.show(data, sys.stdout)
+        tracer_.show(data, sys.stdout, ShowSettings(shown, per_thread))
         sys.stdout.flush()
     except BrokenPipeError:
         _stdout_closed()

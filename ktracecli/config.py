@@ -5,9 +5,14 @@ Layout of the file (every key optional; a missing file means the defaults)::
     engine = "ktrace"          # how calls reach the tracer (ktracecli engine)
     tracer = "nop"             # what is recorded (ktracecli tracer), nop = off
     buffer_size_kb = 16384     # ring size per traced thread
+    max_graph_depth = 0        # function_graph: deepest hooked call, 0 = unlimited
+    tracing_thresh = 0         # function_graph: record only calls of at least N us, 0 = off
 
     [ktrace]
     filter = ["main", "malloc:mod:libc.so.6"]   # set_ftrace_filter rules
+
+    [options]                  # trace_options (ktracecli options): only those changed
+    funcgraph-proc = true
 
 The file is found by :func:`resolve_path`.  It is rewritten in place with
 tomlkit, so the user's comments and key order survive, and always atomically:
@@ -30,10 +35,19 @@ from tomlkit.items import Table
 
 from ktracecli import filters
 from ktracecli.errors import ConfigError, UsageError
+from ktracecli.options import TraceOptions
 
 ENV_VAR = "KTRACECLI_CONFIG"
 _TOP_KEYS = ("engine", "tracer", "buffer_size_kb")
+#: top-level keys written only once they differ from the default (or are in the file already)
+_OPTIONAL_KEYS = ("max_graph_depth", "tracing_thresh")
 _KTRACE_KEYS = ("filter",)
+#: the settings ``ktracecli config NAME [VALUE]`` reads and writes: non-negative integers
+NUMERIC = {
+    "buffer_size_kb": "KiB of ring per traced thread (> 0)",
+    "max_graph_depth": "function_graph: deepest call whose return is hooked (0 = unlimited)",
+    "tracing_thresh": "function_graph: record only calls of at least N microseconds (0 = all)",
+}
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,9 @@ class Config:
     tracer: str = "nop"
     filters: tuple[str, ...] = ()
     buffer_size_kb: int = 16384
+    max_graph_depth: int = 0
+    tracing_thresh: int = 0
+    options: TraceOptions = TraceOptions()
 
 
 def resolve_path(explicit: Path | None = None,
@@ -108,7 +125,7 @@ def _read_document(path: Path) -> tomlkit.TOMLDocument | None:
 def _to_config(path: Path, doc: tomlkit.TOMLDocument) -> Config:
     """Validate the parsed document and turn it into a :class:`Config`."""
     data = doc.unwrap()
-    _reject_unknown(path, data, _TOP_KEYS + ("ktrace",), "")
+    _reject_unknown(path, data, _TOP_KEYS + _OPTIONAL_KEYS + ("ktrace", "options"), "")
     section = data.get("ktrace", {})
     if not isinstance(section, dict):
         raise ConfigError(f"invalid config file {path}: 'ktrace' must be a table")
@@ -122,9 +139,22 @@ def _to_config(path: Path, doc: tomlkit.TOMLDocument) -> Config:
         tracer=data.get("tracer", defaults.tracer),
         filters=tuple(rules),
         buffer_size_kb=data.get("buffer_size_kb", defaults.buffer_size_kb),
+        max_graph_depth=data.get("max_graph_depth", defaults.max_graph_depth),
+        tracing_thresh=data.get("tracing_thresh", defaults.tracing_thresh),
+        options=_to_options(path, data.get("options", {})),
     )
     _check_types(path, config)
     return config
+
+
+def _to_options(path: Path, table: object) -> TraceOptions:
+    """The ``[options]`` table: option name -> true/false, every name a known option."""
+    if not isinstance(table, dict) or not all(isinstance(v, bool) for v in table.values()):
+        raise ConfigError(f"invalid config file {path}: 'options' must be a table of option = true/false")
+    try:
+        return TraceOptions.from_values(table)
+    except UsageError as exc:
+        raise ConfigError(f"invalid config file {path}: options: {exc}") from None
 
 
 def _check_types(path: Path, config: Config) -> None:
@@ -136,6 +166,10 @@ def _check_types(path: Path, config: Config) -> None:
     size = config.buffer_size_kb
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ConfigError(f"invalid config file {path}: 'buffer_size_kb' must be a positive integer")
+    for key in _OPTIONAL_KEYS:
+        value = getattr(config, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"invalid config file {path}: {key!r} must be an integer >= 0")
     for number, token in enumerate(config.filters, start=1):
         if not isinstance(token, str):
             raise ConfigError(f"invalid config file {path}: 'ktrace.filter' must be a list of strings")
@@ -156,6 +190,12 @@ def _apply(doc: tomlkit.TOMLDocument, config: Config) -> None:
     for key in _TOP_KEYS:
         if key not in doc or doc[key] != getattr(config, key):
             doc[key] = getattr(config, key)
+    defaults = Config()
+    for key in _OPTIONAL_KEYS:
+        value = getattr(config, key)
+        if (key in doc or value != getattr(defaults, key)) and doc.get(key) != value:
+            doc[key] = value
+    _apply_options(doc, config.options)
     rules = tomlkit.array()
     rules.extend(config.filters)
     if len(config.filters) > 1:
@@ -167,6 +207,22 @@ def _apply(doc: tomlkit.TOMLDocument, config: Config) -> None:
         section = tomlkit.table()
         doc["ktrace"] = section
     section["filter"] = rules
+
+
+def _apply_options(doc: tomlkit.TOMLDocument, options: TraceOptions) -> None:
+    """Keep ``[options]`` holding exactly the options that differ from their defaults."""
+    changed = options.changed()
+    section = doc.get("options")
+    if section is None:
+        if not changed:
+            return
+        section = tomlkit.table()
+        doc["options"] = section
+    for name in [n for n in section if n not in changed]:
+        del section[name]
+    for name, on in changed.items():
+        if section.get(name) != on:
+            section[name] = on
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -30,12 +30,22 @@ generated tracer code, identical for every engine::
 Sites are numbered densely from 0 across all modules of one process; the site
 index is what records carry, and ``sites.json`` in the data directory maps it
 back to a function.
+
+A tracer may also need code of its own in each process, placed once and
+reached from every handler (function_graph's return trampoline), private
+memory of its own (its shadow stacks, which ``fork`` copies), and hooks on a
+few library functions that it must see whichever engine delivers calls (the
+C++ unwinder).  These are the optional :class:`Tracer` methods
+``private_size`` and ``runtime``; a tracer without them (function, nop) gets
+none of it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Protocol, TextIO
+
+from ktracecli.options import TraceOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -100,8 +110,55 @@ class Engine(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class RuntimeHook:
+    """A library function whose entry a tracer's runtime must see, whichever engine is used.
+
+    The installer patches the entry of every function named ``symbol`` in the
+    process's modules (the ktrace engine's detour technique: a 5-byte jmp to a
+    stub that calls ``source`` and then runs the displaced instructions).  The
+    routine is entered by ``call``: ``[rsp]`` returns into the stub and
+    ``[rsp+8]`` is the hooked function's return address; it must preserve every
+    register and the flags, and return with ``ret``.
+    """
+
+    symbol: str
+    source: str
+
+
+@dataclass(frozen=True)
+class RuntimeCode:
+    """A tracer's per-process code: placed once at ``layout.runtime``, plus its hooks."""
+
+    source: str
+    hooks: tuple[RuntimeHook, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShowSettings:
+    """How ``show`` prints: the trace options in force and the command's own flags."""
+
+    options: TraceOptions = field(default_factory=TraceOptions)
+    #: each thread's events on their own, headed with its comm-tid
+    per_thread: bool = False
+
+
 class Tracer(Protocol):
-    """Decides what the handler records in the tracee and how recorded data is shown."""
+    """Decides what the handler records in the tracee and how recorded data is shown.
+
+    Optional methods, looked up with ``getattr`` (see the module docstring):
+
+    ``private_size(layout) -> int``
+        Bytes of private anonymous memory to map once per process before the
+        runtime is generated; its address is ``layout.private``.
+    ``runtime(layout) -> RuntimeCode``
+        Code to place once per process at ``layout.runtime`` (which, like
+        ``layout.private``, is set when ``handler_source`` is asked for), and
+        the library hooks it needs.
+    ``refusal(name) -> str | None``
+        Why this tracer must not trace the function called ``name`` whichever
+        engine could (e.g. it returns twice), or None.
+    """
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -112,6 +169,6 @@ class Tracer(Protocol):
         """Assembly (keystone syntax) of the handler, following the handler ABI."""
         ...
 
-    def show(self, data: "TraceData", out: TextIO) -> None:
+    def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:
         """Print recorded data in this tracer's ftrace format."""
         ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, TextIO
 
 from ktracecli.hookspecs import hookimpl
+from ktracecli.interface import ShowSettings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,7 +36,7 @@ class NopTracer:
         """
         return "ret 8\n"
 
-    def show(self, data: "TraceData", out: TextIO) -> None:
+    def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:
         """Print what the kernel's ``trace`` file shows under nop: the header and nothing else."""
         out.write("# tracer: nop\n#\n")
 

@@ -23,6 +23,7 @@ from ktracecli.datadir import DataWriter
 from ktracecli.elf.image import ElfImage
 from ktracecli.errors import NoMatchError, ProgramError
 from ktracecli.interface import Analysis, Engine, FunctionSite, Tracer
+from ktracecli.model import Refusal
 from ktracecli.process import ptrace
 from ktracecli.process.remote import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, RemoteCaller
 from ktracecli.process.tracee import AT_ENTRY, Tracee, resolve_program, spawn
@@ -47,6 +48,9 @@ class RecordSettings:
     filters: tuple[str, ...] = ()
     buffer_size_kb: int = 16384
     config_path: Path | None = None
+    #: the kernel's function_graph knobs (0 = unlimited / off); tracing_thresh in microseconds
+    max_graph_depth: int = 0
+    tracing_thresh: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,21 @@ def loaded_modules(tracee: Tracee) -> list[LoadedModule]:
     return modules
 
 
+def refused_by_tracer(tracer: Tracer, analysis: Analysis) -> Analysis:
+    """``analysis`` with the sites the tracer refuses (its optional ``refusal``) moved to the refusals."""
+    refusal = getattr(tracer, "refusal", None)
+    if refusal is None:
+        return analysis
+    sites, refusals = [], list(analysis.refusals)
+    for site in analysis.sites:
+        reason = next((r for r in map(refusal, site.names) if r), None)
+        if reason:
+            refusals.append(Refusal(site.name, site.vaddr, reason))
+        else:
+            sites.append(site)
+    return Analysis(tuple(sites), tuple(refusals))
+
+
 class Recorder:
     """Runs one record session."""
 
@@ -112,10 +131,10 @@ class Recorder:
         self._analyses: dict[str, Analysis] = {}
 
     def analysis(self, path: str) -> Analysis:
-        """The engine's analysis of one module, computed once."""
+        """The engine's analysis of one module, computed once, less what the tracer refuses."""
         if path not in self._analyses:
             with ElfImage.open(path) as image:
-                self._analyses[path] = analysis_cache.analyze(self.engine, image)
+                self._analyses[path] = refused_by_tracer(self.tracer, analysis_cache.analyze(self.engine, image))
         return self._analyses[path]
 
     def plan(self, modules: list[tuple[str, str]], main_name: str) -> Plan:
@@ -216,7 +235,11 @@ class Recorder:
                 rings.map_into(caller, scratch)
             finally:
                 rings.unlink()
+            rings.set_graph_limits(self.settings.max_graph_depth, self._ticks(start, self.settings.tracing_thresh))
             installer = Installer(tracee, caller, self.engine, self.tracer, rings.layout)
+            installer.place_runtime()
+            for module in modules:
+                installer.place_hooks(module)
             sites_json: list[dict[str, Any]] = []
             for module in modules:
                 if module.path in self._analyses:
@@ -256,8 +279,21 @@ class Recorder:
             "clock": {"tsc0": calibration.tsc0, "ns0": calibration.ns0, "ns_per_tick": calibration.ns_per_tick},
             "traced": traced, "refused": plan.refused, "events": writer.events, "lost": lost,
             "exit_status": status,
+            "max_graph_depth": self.settings.max_graph_depth, "tracing_thresh": self.settings.tracing_thresh,
         })
         return RecordResult(status, self.engine.name, traced, plan.refused, writer.events, lost)
+
+
+    @staticmethod
+    def _ticks(start: clock.ClockSample, usecs: int) -> int:
+        """``usecs`` microseconds in TSC ticks, calibrated from ``start`` to now (0 stays 0)."""
+        if not usecs:
+            return 0
+        now = clock.sample()
+        if now.ns - start.ns < 5_000_000:
+            time.sleep(0.005)
+            now = clock.sample()
+        return max(1, round(usecs * 1000 / clock.Calibration.between(start, now).ns_per_tick))
 
 
 def record(settings: RecordSettings, registry: Registry) -> RecordResult:

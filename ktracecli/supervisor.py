@@ -8,7 +8,8 @@ group-stops are left in place with PTRACE_LISTEN, so job control still works.
 - A thread that exits is held at PTRACE_EVENT_EXIT while its slot is drained and
   freed, before its fs base can be reused by a new thread.
 - A forked child is held at birth and given rings of its own (a fresh shared file
-  mapped over the inherited one) before it runs.
+  mapped over the inherited one) before it runs; its thread keeps the slot index
+  of the thread that forked (see :meth:`SharedRings.inherit`).
 - A process that execs has lost the patched image: its rings are drained and it is
   detached.
 """
@@ -50,15 +51,23 @@ def _exit_code(status: int) -> int:
     return 1
 
 
-def _tgid(tid: int) -> int | None:
+def _status_field(tid: int, name: str) -> int | None:
     try:
         with open(f"/proc/{tid}/status") as f:
             for line in f:
-                if line.startswith("Tgid:"):
+                if line.startswith(name):
                     return int(line.split()[1])
     except OSError:
         pass
     return None
+
+
+def _tgid(tid: int) -> int | None:
+    return _status_field(tid, "Tgid:")
+
+
+def _ppid(pid: int) -> int:
+    return _status_field(pid, "PPid:") or 0
 
 
 class Supervisor:
@@ -74,6 +83,9 @@ class Supervisor:
         self.procs: dict[int, _Proc] = {tracee.pid: _Proc(tracee, list(patches))}
         self.owner: dict[int, int] = {tracee.pid: tracee.pid}
         self.leader_status: int | None = None
+        self.rings: dict[int, SharedRings] = {tracee.pid: rings}
+        #: forked child -> (its parent, the forking thread's slot index, its fs base)
+        self.fork_slots: dict[int, tuple[int, int | None, int]] = {}
 
     def run(self) -> int:
         """Resume the program and follow it to its end; returns its exit status (128+N if killed)."""
@@ -117,7 +129,10 @@ class Supervisor:
         event, sig = ptrace.stop_event(status), ptrace.stop_signal(status)
         try:
             if event in (ptrace.PTRACE_EVENT_CLONE, ptrace.PTRACE_EVENT_FORK, ptrace.PTRACE_EVENT_VFORK):
-                self._new_task(pid, event, ptrace.event_msg(tid))
+                new = ptrace.event_msg(tid)
+                if event == ptrace.PTRACE_EVENT_FORK and new not in self.fork_slots:
+                    self.fork_slots[new] = self._forking_slot(pid, tid)
+                self._new_task(pid, event, new)
                 ptrace.cont(tid)
             elif event == ptrace.PTRACE_EVENT_EXIT:
                 self.consumer.release(pid, tid)
@@ -155,16 +170,28 @@ class Supervisor:
         self.procs[pid] = _Proc(Tracee(pid, {pid}), list(parent_patches), fresh=not vfork)
         self.owner[pid] = pid
 
+    def _forking_slot(self, parent: int, tid: int) -> tuple[int, int | None, int]:
+        """(parent, slot index, fs base) of thread ``tid``, stopped in fork (its slot is still its own)."""
+        key = ptrace.get_regs(tid).fs_base or 1
+        rings = self.rings.get(parent)
+        return parent, rings.find_slot(key) if rings else None, key
+
     def _give_rings(self, proc: _Proc) -> None:
         """Map a fresh shared file over the rings a forked child inherited."""
         proc.fresh = False
-        rings = SharedRings(self.rings_layout.at(0), proc.tracee.pid)
+        pid = proc.tracee.pid
+        rings = SharedRings(self.rings_layout.at(0), pid)
         try:
-            caller = RemoteCaller(proc.tracee, proc.tracee.pid)
+            caller = RemoteCaller(proc.tracee, pid)
             rings.map_into(caller, self.scratch, fixed=self.rings_layout.base)
         finally:
             rings.unlink()
-        self.consumer.add(proc.tracee.pid, rings, self.dtype)
+        # the parent is still stopped in its fork event if it has not reported it yet
+        parent, index, key = self.fork_slots.pop(pid, None) or self._forking_slot(_ppid(pid), pid)
+        if parent in self.rings:
+            rings.inherit(self.rings[parent], index, key, pid)
+        self.rings[pid] = rings
+        self.consumer.add(pid, rings, self.dtype)
 
     def _exec(self, pid: int, tid: int) -> None:
         """The process replaced its image: what was patched is gone; stop following it."""

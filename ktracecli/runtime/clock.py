@@ -10,6 +10,9 @@ import ctypes
 import mmap
 import time
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ktracecli.arch.x86_64.assembler import assemble
 
@@ -64,3 +67,9 @@ class Calibration:
         if b.tsc <= a.tsc:
             raise ValueError("calibration samples out of order")
         return cls(a.tsc, a.ns, (b.ns - a.ns) / (b.tsc - a.tsc))
+
+
+def timestamps_ns(calibration: dict[str, Any], tsc: np.ndarray) -> np.ndarray:
+    """CLOCK_MONOTONIC nanoseconds of TSC readings, from a trace's ``info.json`` calibration."""
+    delta = tsc.astype(np.int64) - np.int64(calibration["tsc0"])
+    return np.int64(calibration["ns0"]) + np.round(delta * float(calibration["ns_per_tick"])).astype(np.int64)

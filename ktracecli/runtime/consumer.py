@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ktracecli.datadir import DataWriter
+from ktracecli.runtime.layout import commit_word
 from ktracecli.runtime.shm import SharedRings
-
-COMMIT_MASK = 0xFFFFFFFF
 
 
 @dataclass
@@ -125,10 +124,9 @@ class Consumer:
         count = head - tail
         first = min(count, cap - start)
         # commit words first, then the records they vouch for (x86 keeps loads in order)
-        commits = np.concatenate((ring["commit"][start:start + first], ring["commit"][:count - first]))
-        # record tail+k is complete when its commit word is (tail + 1 + k) mod 2**32
-        commits -= np.arange(count, dtype=np.uint32)
-        bad = np.flatnonzero(commits != np.uint32((tail + 1) & COMMIT_MASK))
+        rule = commit_word(proc.dtype)
+        commits = np.concatenate((rule.values(ring[start:start + first]), rule.values(ring[:count - first])))
+        bad = np.flatnonzero(commits != rule.expected(tail, count, proc.rings.layout.capacity_bits))
         complete = int(bad[0]) if len(bad) else count
         if complete * 8 >= cap:
             self._backlog = True

@@ -8,6 +8,14 @@ For each module with traced functions::
     region:  +0      handler (this tracer's, this process's slot table address baked in)
              +H      stub_0  stub_1 ... stub_n   (each engine's stub calls +0)
 
+A tracer with a runtime (see :mod:`ktracecli.interface`) also gets, once per
+process, before any handler is generated::
+
+    private:  MAP_PRIVATE | MAP_ANONYMOUS rw-   tracer state that fork must copy
+    runtime:  r-x, anywhere                     +0 the tracer's code, then one
+                                                routine per runtime hook
+    near each module defining a hooked function: hook stubs (see runtime.hooks)
+
 Regions are private anonymous r-x mappings written through /proc/PID/mem.  They
 are never freed while the process lives: disabling a site only restores its
 original bytes, so a thread still inside a stub finishes safely.
@@ -15,19 +23,35 @@ original bytes, so a thread still inside a stub finishes safely.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ktracecli.arch.x86_64.assembler import assemble
-from ktracecli.errors import PatchError, ProcessError
-from ktracecli.interface import Analysis, Engine, FunctionSite, Tracer
+from ktracecli.errors import PatchError, ProcessError, ProgramError
+from ktracecli.interface import Analysis, Engine, FunctionSite, RuntimeCode, Tracer
 from ktracecli.model import Patch
 from ktracecli.process import ptrace
 from ktracecli.process.maps import PAGE, find_free_near
-from ktracecli.process.remote import MAP_ANONYMOUS, MAP_FIXED_NOREPLACE, MAP_PRIVATE, PROT_EXEC, PROT_READ, RemoteCaller
+from ktracecli.process.remote import (
+    MAP_ANONYMOUS,
+    MAP_FIXED_NOREPLACE,
+    MAP_PRIVATE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    RemoteCaller,
+)
 from ktracecli.process.tracee import Tracee
 from ktracecli.runtime.layout import RuntimeLayout
 
+if TYPE_CHECKING:
+    from ktracecli.arch.x86_64 import X86
+
 HANDLER_RESERVE = 1024  # bytes kept for the handler at the start of each region
+MAP_NORESERVE = 0x4000
+#: where a tracer's runtime is assembled once to learn its size (any canonical address will do)
+PROVISIONAL_RUNTIME = 0x7E00_0000_0000
 
 
 @dataclass(frozen=True)
@@ -54,7 +78,7 @@ class Region:
 class Installed:
     """What is written in one process.
 
-    ``prepared``: each module's one-time engine patches; ``built``: every site
+    ``prepared``: each module's one-time engine patches and runtime hooks; ``built``: every site
     whose stub exists in the process (site index -> the patch that enables it);
     ``patches``: the sites enabled now.  Stubs are never freed, so a disabled
     site is enabled again by re-applying its patch.
@@ -64,6 +88,7 @@ class Installed:
     prepared_modules: set[str] = field(default_factory=set)
     built: dict[int, Patch] = field(default_factory=dict)
     patches: dict[int, Patch] = field(default_factory=dict)
+    hooked_modules: set[str] = field(default_factory=set)
 
     def in_order(self) -> list[Patch]:
         """Every patch in the order it was applied (undo them in reverse)."""
@@ -71,7 +96,8 @@ class Installed:
 
     def copy(self) -> "Installed":
         """The same state, for a forked child (its memory is a copy of its parent's)."""
-        return Installed(list(self.prepared), set(self.prepared_modules), dict(self.built), dict(self.patches))
+        return Installed(list(self.prepared), set(self.prepared_modules), dict(self.built), dict(self.patches),
+                         set(self.hooked_modules))
 
 
 class Installer:
@@ -85,6 +111,10 @@ class Installer:
         self.tracer = tracer
         self.layout = layout
         self.installed = Installed()
+        #: the tracer's runtime code, once placed, and each hook routine's address by symbol
+        self.runtime: RuntimeCode | None = None
+        self.routines: dict[str, int] = {}
+        self._x86: "X86 | None" = None
 
     def allocate_near(self, module: LoadedModule, size: int) -> Region:
         """Map a new r-x region reachable by rel32 from the whole module."""
@@ -101,6 +131,83 @@ class Installer:
             except LookupError:
                 continue
         raise ProcessError(f"no free memory within 2 GiB of {module.name} for trampolines")
+
+    @property
+    def x86(self) -> "X86":
+        """A decoder for hook windows (created on first use)."""
+        if self._x86 is None:
+            from ktracecli.arch.x86_64 import X86
+            self._x86 = X86()
+        return self._x86
+
+    def place_runtime(self) -> None:
+        """Map the tracer's private memory and place its runtime code, once per process.
+
+        Afterwards ``self.layout`` holds both addresses (handlers are generated
+        from it).  A tracer without a ``runtime`` method gets nothing.
+        """
+        runtime_of = getattr(self.tracer, "runtime", None)
+        if runtime_of is None or self.runtime is not None:
+            return
+        size_of = getattr(self.tracer, "private_size", None)
+        private_size = (size_of(self.layout) + PAGE - 1) & ~(PAGE - 1) if size_of else 0
+        private = 0
+        if private_size:
+            private = self.caller.mmap(0, private_size, PROT_READ | PROT_WRITE,
+                                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)
+        provisional = dataclasses.replace(self.layout, private=private or PROVISIONAL_RUNTIME,
+                                          runtime=PROVISIONAL_RUNTIME)
+        size = len(self._assemble_runtime(runtime_of(provisional), PROVISIONAL_RUNTIME)[0])
+        addr = self.caller.mmap(0, (size + PAGE - 1) & ~(PAGE - 1), PROT_READ | PROT_EXEC,
+                                MAP_PRIVATE | MAP_ANONYMOUS)
+        self.layout = dataclasses.replace(self.layout, private=private, runtime=addr)
+        self.runtime = runtime_of(self.layout)
+        code, self.routines = self._assemble_runtime(self.runtime, addr)
+        if len(code) != size:
+            raise PatchError(f"runtime of {self.tracer.name} changed size with its address ({size} -> {len(code)})")
+        self.tracee.write(addr, code)
+
+    def _assemble_runtime(self, runtime: RuntimeCode, addr: int) -> tuple[bytes, dict[str, int]]:
+        """The runtime's bytes at ``addr``: its code, then each hook's routine; and where each routine is."""
+        code = bytearray(assemble(runtime.source, addr))
+        routines: dict[str, int] = {}
+        for hook in runtime.hooks:
+            routines[hook.symbol] = addr + len(code)
+            code += assemble(hook.source, addr + len(code))
+        return bytes(code), routines
+
+    def place_hooks(self, module: LoadedModule) -> int:
+        """Hook the runtime's library functions that ``module`` defines; returns how many.
+
+        Call it for every module of the process (at start, and for modules
+        mapped later).  The patches are undone with the rest on detach.
+        """
+        if self.runtime is None or not self.runtime.hooks or module.path in self.installed.hooked_modules:
+            return 0
+        from ktracecli.elf.image import ElfImage
+        from ktracecli.runtime import hooks
+
+        self.installed.hooked_modules.add(module.path)
+        try:
+            with ElfImage.open(module.path) as image:
+                sites = hooks.find(image, self.x86, set(self.routines))
+        except ProgramError:
+            return 0
+        if not sites:
+            return 0
+        sizes = [site.stub_size(len(self.x86.decode(site.window, 0))) for site in sites]
+        region = self.allocate_near(module, sum(sizes))
+        code = bytearray()
+        patches = []
+        for site, size in zip(sites, sizes):
+            stub, patch = hooks.build(self.x86, site, module.bias, region.addr + len(code),
+                                      self.routines[site.symbol])
+            code += stub.ljust(size, b"\xcc")
+            patches.append(patch)
+        self.tracee.write(region.addr, bytes(code))
+        self.apply(patches)
+        self.installed.prepared += patches
+        return len(patches)
 
     def prepare(self, module: LoadedModule, analysis: Analysis) -> None:
         """Apply the engine's one-time patches to a module (e.g. mcount sites to NOPs), once."""

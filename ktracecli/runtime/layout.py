@@ -19,15 +19,24 @@ A slot (two cache lines: the producer's fields, then the consumer's)::
     +56  capacity  u64
     +64  tail      u64  records consumed so far (consumer)
 
-A record is complete when its last u32 (the commit word) equals the low 32 bits
-of its reservation index + 1; the producer writes it last.
+A record is complete when its commit word, written last by the producer, holds
+the value its reservation index calls for.  By default the commit word is a
+record's last u32 and must equal the low 32 bits of index + 1; a tracer with
+smaller records may keep a few lap bits instead (see :class:`CommitWord`).
+
+The control page also holds the kernel's two function_graph knobs, read by
+tracers' code in the tracee: ``max_graph_depth`` (0 = unlimited) and
+``tracing_thresh`` (converted from microseconds to TSC ticks; 0 = off).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 from dataclasses import dataclass
+
+import numpy as np
 
 MAGIC = 0x31304543_4152544B  # "KTRACE01"
 CONTROL_SIZE = 4096
@@ -40,6 +49,8 @@ CTRL_MAGIC = 0
 CTRL_NSLOTS = 8
 CTRL_LOST_NO_SLOT = 16
 CTRL_CONSUMER_ALIVE = 24
+CTRL_MAX_GRAPH_DEPTH = 32
+CTRL_TRACING_THRESH = 40  #: in TSC ticks
 
 
 class Slot(ctypes.Structure):
@@ -71,6 +82,8 @@ class RuntimeLayout:
     slot_bits: int
     record_size: int
     capacity: int  #: records per ring, a power of two
+    runtime: int = 0  #: tracee address of the tracer's per-process runtime code (0: none)
+    private: int = 0  #: tracee address of the tracer's per-process private memory (0: none)
 
     @classmethod
     def for_buffer(cls, buffer_size_kb: int, record_size: int, slot_bits: int = DEFAULT_SLOT_BITS) -> "RuntimeLayout":
@@ -81,7 +94,16 @@ class RuntimeLayout:
 
     def at(self, base: int) -> "RuntimeLayout":
         """The same layout mapped at ``base``."""
-        return RuntimeLayout(base, self.slot_bits, self.record_size, self.capacity)
+        return dataclasses.replace(self, base=base)
+
+    @property
+    def capacity_bits(self) -> int:
+        """log2 of the ring capacity: the reservation index shifted right by it is the lap."""
+        return self.capacity.bit_length() - 1
+
+    def slot_index(self, slot_addr: int) -> int:
+        """Index of the slot at tracee address ``slot_addr``."""
+        return (slot_addr - self.base - self.slot_table) >> SLOT_SHIFT
 
     @property
     def nslots(self) -> int:
@@ -111,6 +133,41 @@ class RuntimeLayout:
         return self.rings + slot * self.ring_bytes
 
 
+@dataclass(frozen=True)
+class CommitWord:
+    """Where a record keeps its commit word and what value marks it complete.
+
+    The record reserved with index ``i`` is complete when
+    ``(record[field] >> shift) & mask == ((i >> lap_shift) + 1) & mask``.  With
+    ``lap_shift`` 0 this is the low bits of ``i + 1``; with ``lap_shift`` =
+    log2(capacity) (``per_lap``) it is the lap number + 1, which a few bits
+    suffice for: the producer never runs more than one lap ahead of the
+    consumer, so a stale record is always from an earlier lap.
+    """
+
+    field: str = "commit"
+    shift: int = 0
+    mask: int = 0xFFFFFFFF
+    per_lap: bool = False
+
+    def expected(self, first: int, count: int, capacity_bits: int) -> np.ndarray:
+        """The commit values that records ``first .. first+count-1`` must hold."""
+        index = np.arange(first, first + count, dtype=np.uint64)
+        if self.per_lap:
+            index >>= np.uint64(capacity_bits)
+        return (index + np.uint64(1)) & np.uint64(self.mask)
+
+    def values(self, records: np.ndarray) -> np.ndarray:
+        """The commit values ``records`` hold."""
+        return (records[self.field].astype(np.uint64) >> np.uint64(self.shift)) & np.uint64(self.mask)
+
+
+def commit_word(dtype: np.dtype) -> CommitWord:
+    """The commit rule of a record dtype: ``dtype.metadata["commit"]``, else the last-u32 default."""
+    rule = (dtype.metadata or {}).get("commit")
+    return rule if isinstance(rule, CommitWord) else CommitWord()
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_flags() -> frozenset[str]:
     """The feature flags of this machine's CPU (the tracee runs here too)."""
@@ -137,24 +194,29 @@ def timestamp_asm() -> str:
     return "rdtscp"
 
 
-def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str) -> str:
+def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str, claimed: str | None = None,
+                    prefix: str = "") -> str:
     """Assembly that leaves this thread's slot in rsi, claiming one on first use.
 
     Clobbers rax, rcx, rdx, rdi and flags; preserves r11.  Jumps to ``found`` with
-    rsi = slot, or to ``full`` when every slot is taken (the event is counted as
-    lost in the control page).  The fast path is a hash of the fs base and one
-    compare; the claim (once per thread) uses one lock cmpxchg and one gettid.
+    rsi = slot (to ``claimed``, when given, right after this thread claimed it),
+    or to ``full`` when every slot is taken (the event is counted as lost in the
+    control page).  ``prefix`` keeps the local labels of several copies apart.
+    The fast path is a hash of the fs base and one compare; the claim (once
+    per thread) uses one lock cmpxchg and one gettid.
     A thread without a thread pointer yet (a static program before its TLS is
     set up) is keyed as fs base 1, since 0 marks a free slot.
     """
     table = layout.base + layout.slot_table
     end = table + layout.nslots * SLOT_SIZE
+    L = f".L{prefix}"
+    claimed = claimed or found
     return f"""
     rdfsbase rax
     test rax, rax
-    jnz .Lhave_fs
+    jnz {L}have_fs
     mov eax, 1
-.Lhave_fs:
+{L}have_fs:
     mov rsi, rax
     movabs rdi, 0x9E3779B97F4A7C15
     imul rsi, rdi
@@ -165,35 +227,35 @@ def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str) -> str:
     cmp qword ptr [rsi], rax
     je {found}
     mov edx, {layout.nslots}
-.Lprobe:
+{L}probe:
     mov rdi, qword ptr [rsi]
     cmp rdi, rax
     je {found}
     test rdi, rdi
-    jz .Lclaim
-.Lnext:
+    jz {L}claim
+{L}next:
     add rsi, {SLOT_SIZE}
     movabs rdi, {end:#x}
     cmp rsi, rdi
-    jb .Lnowrap
+    jb {L}nowrap
     movabs rsi, {table:#x}
-.Lnowrap:
+{L}nowrap:
     dec edx
-    jnz .Lprobe
+    jnz {L}probe
     movabs rsi, {layout.base + CTRL_LOST_NO_SLOT:#x}
     add qword ptr [rsi], 1
     jmp {full}
-.Lclaim:
+{L}claim:
     mov rcx, rax
     xor eax, eax
     lock cmpxchg qword ptr [rsi], rcx
     mov rax, rcx
-    jne .Lnext
+    jne {L}next
     push r11
     mov eax, 186
     syscall
     pop r11
     mov dword ptr [rsi+8], eax
     mov dword ptr [rsi+12], 1
-    jmp {found}
+    jmp {claimed}
 """

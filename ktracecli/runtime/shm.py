@@ -15,7 +15,16 @@ import secrets
 import numpy as np
 
 from ktracecli.process.remote import RemoteCaller
-from ktracecli.runtime.layout import CTRL_LOST_NO_SLOT, CTRL_MAGIC, CTRL_NSLOTS, MAGIC, RuntimeLayout, Slot
+from ktracecli.runtime.layout import (
+    CTRL_LOST_NO_SLOT,
+    CTRL_MAGIC,
+    CTRL_MAX_GRAPH_DEPTH,
+    CTRL_NSLOTS,
+    CTRL_TRACING_THRESH,
+    MAGIC,
+    RuntimeLayout,
+    Slot,
+)
 
 SHM_DIR = "/dev/shm"
 
@@ -39,6 +48,8 @@ class SharedRings:
         ctypes.c_uint64.from_buffer(self.mm, CTRL_MAGIC).value = MAGIC
         ctypes.c_uint64.from_buffer(self.mm, CTRL_NSLOTS).value = layout.nslots
         self._lost_no_slot = ctypes.c_uint64.from_buffer(self.mm, CTRL_LOST_NO_SLOT)
+        self._max_graph_depth = ctypes.c_uint64.from_buffer(self.mm, CTRL_MAX_GRAPH_DEPTH)
+        self._tracing_thresh = ctypes.c_uint64.from_buffer(self.mm, CTRL_TRACING_THRESH)
 
     def map_into(self, caller: RemoteCaller, scratch: int, fixed: int = 0) -> int:
         """Map the file into the tracee (its name is written at ``scratch``); returns the address."""
@@ -67,3 +78,31 @@ class SharedRings:
     def lost_no_slot(self) -> int:
         """Events dropped because every slot was taken."""
         return int(self._lost_no_slot.value)
+
+    def set_graph_limits(self, max_graph_depth: int, tracing_thresh_ticks: int) -> None:
+        """Write the function_graph knobs the tracee's code reads (0 = unlimited / off)."""
+        self._max_graph_depth.value = max_graph_depth
+        self._tracing_thresh.value = tracing_thresh_ticks
+
+    def find_slot(self, key: int) -> int | None:
+        """Index of the claimed slot keyed ``key`` (a thread's fs base), or None."""
+        for i in range(self.layout.nslots):
+            if self.slots[i].key == key and self.slots[i].state:
+                return i
+        return None
+
+    def inherit(self, parent: "SharedRings", index: int | None, key: int, tid: int) -> None:
+        """Prepare a forked child's fresh file: the parent's knobs, and the forking thread's slot.
+
+        The child's only thread has the forking thread's fs base (``key``).  It
+        gets the slot with the same ``index`` the forking thread had, already
+        claimed for it (thread id ``tid``), so that per-slot state a tracer keeps
+        in private memory, which fork copied (function_graph's shadow stack), is
+        found at the same place.  ``index`` None: the forking thread had no slot.
+        """
+        self.set_graph_limits(parent._max_graph_depth.value, parent._tracing_thresh.value)
+        if index is not None:
+            slot = self.slots[index]
+            slot.key = key
+            slot.tid = tid
+            slot.state = 1

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, ClassVar, TextIO
 import numpy as np
 
 from ktracecli.hookspecs import hookimpl
+from ktracecli.interface import ShowSettings
 from ktracecli_function.handler import RECORD_DTYPE, handler_source
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ class FunctionTracer:
         """Assembly of the handler that writes one record per call."""
         return handler_source(layout)
 
-    def show(self, data: "TraceData", out: TextIO) -> None:
-        """Print ``data`` in the function tracer's format (irq-info off)."""
+    def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:
+        """Print ``data`` in the function tracer's format (irq-info off); no option applies to it."""
         from ktracecli_function.output import write_trace
 
         write_trace(data, out)

@@ -1,0 +1,331 @@
+"""function_graph's per-process runtime: the return trampoline, resync, and the unwinder hooks.
+
+Placed once per process at ``layout.runtime``::
+
+    +0   .quad resync            the handlers call [runtime+0] (a slow path)
+    +8   return trampoline       every hooked return lands here
+    ...  resync routine
+    then, from RuntimeHook sources, one routine per hooked library function
+
+The return trampoline, entered by the traced function's ``ret`` with
+rsp = S + 8 (S: the slot it returned through)::
+
+    S+8 ->  caller's frame           lea rsp, [rsp-8]     ; S holds where to go
+    S:      <return target>  <----   save registers and flags below S
+    S-8..:  saved registers          pop the entries of slot S (a tail-call group:
+                                     each one's record; the first pushed holds
+                                     the caller's address), closing any dead
+                                     entries above them; restore registers;
+                                     lea rsp, [rsp+8]; jmp [rsp-8]
+
+The final ``jmp [rsp-8]`` (rather than ``ret``) keeps the CPU's return-stack
+predictions in step with the program's calls; a signal cannot clobber
+[rsp-8] meanwhile, as the kernel leaves the 128-byte red zone alone.  Nothing
+but rax, rdx, xmm0, xmm1 and the flags of the function's return matter to the
+caller, but every register is preserved (gcc -fipa-ra).
+
+Resynchronisation: an entry above S's group in the shadow stack is a frame
+that was left without returning (longjmp): it is closed (a CLOSED record).
+If this thread's shadow stack has no entry for S at all, every slot's is
+searched (a thread whose fs base changed, e.g. a static program setting up
+its TLS after a traced call began); if none has, the trampoline cannot know
+where to return: it says so on stderr and stops the program with ud2.
+
+Dead entries are also closed when a new call's slot shows them dead (see
+handler.py).  ``sigaltstack``: a signal handler running on an alternate stack
+may sit above the frames it interrupted, so before closing an entry by
+position the resync routine asks the kernel (sigaltstack(NULL, &old), once,
+only on this slow path) whether this code runs on the alternate stack, and
+keeps the entries that are not on it.
+
+C++ exceptions: the unwinder must never meet the trampoline's address, or it
+finds no unwind info there and calls std::terminate.  So, as uftrace does:
+
+- at the entry of ``_Unwind_RaiseException``, ``_Unwind_Resume``,
+  ``_Unwind_Resume_or_Rethrow`` and ``_Unwind_ForcedUnwind`` (pthread_exit,
+  pthread_cancel) the *unhook* routine puts every live entry's original return
+  address back in its slot;
+- at the entry of ``__cxa_begin_catch`` (a handler was found and the stack is
+  unwound to it) the *catch* routine closes the entries of the frames the
+  exception left (slots below the catching frame: resync, as for a call made
+  at __cxa_begin_catch's slot) and hooks the remaining ones again.
+
+Frames of a forced unwind are closed when their thread's later calls, or its
+exit, show them gone.  ``_Unwind_Backtrace`` (glibc's ``backtrace()``) is not
+hooked: a backtrace taken inside traced frames stops at the first hooked one.
+"""
+
+from __future__ import annotations
+
+from ktracecli.interface import RuntimeCode, RuntimeHook
+from ktracecli.runtime.layout import SLOT_SIZE, RuntimeLayout, slot_lookup_asm
+
+from ktracecli_function_graph.records import Kind
+from ktracecli_function_graph.shadow import (
+    E_ORIG,
+    E_SITE,
+    E_SLOT,
+    E_TSC,
+    ENTRY_SHIFT,
+    close_top_asm,
+    exit_asm,
+    restore_asm,
+    save_asm,
+    saved_bytes,
+    shadow_asm,
+    trampoline_addr,
+)
+
+UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind")
+CATCH_AT = ("__cxa_begin_catch",)
+SYS_WRITE = 1
+SYS_SIGALTSTACK = 131
+SS_ONSTACK = 1
+LOST_MESSAGE = b"ktracecli: function_graph lost a hooked return address (did the program switch stacks?)\n"
+
+
+def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
+    """The runtime placed at ``layout.runtime`` and its unwinder hooks."""
+    source = f"""
+    .quad .Lresync
+    {trampoline_source(layout)}
+.Lresync:
+    {resync_source(layout)}
+"""
+    unhook = unhook_source(layout)
+    catch = catch_source(layout)
+    hooks = (*(RuntimeHook(name, unhook) for name in UNHOOK_AT), *(RuntimeHook(name, catch) for name in CATCH_AT))
+    return RuntimeCode(source, hooks)
+
+
+def trampoline_source(layout: RuntimeLayout) -> str:
+    """The return trampoline (see the module docstring); it must start the runtime's code at +8."""
+    table = layout.base + layout.slot_table
+    end = table + layout.nslots * SLOT_SIZE
+    s_offset = saved_bytes(("r11",))
+    message = ", ".join(str(b) for b in LOST_MESSAGE)
+    return f"""
+    lea rsp, [rsp-8]
+    {save_asm(("r11",))}
+    lea r11, [rsp+{s_offset}]
+    {slot_lookup_asm(layout, found=".Ltslot", full=".Ltglobal", claimed=".Ltclaimed", prefix="t")}
+.Ltclaimed:
+    {shadow_asm(layout)}
+    mov qword ptr [rdi], 0
+    jmp .Ltglobal
+.Ltslot:
+    {shadow_asm(layout)}
+.Ltsearch:
+    mov r8, qword ptr [rdi]
+    mov rax, r8
+.Ltscan:
+    test rax, rax
+    jz .Ltglobal
+    mov rdx, rax
+    shl rdx, {ENTRY_SHIFT}
+    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
+    je .Ltfound
+    dec rax
+    jmp .Ltscan
+.Ltfound:
+    cmp rax, r8
+    jb .Ltclose
+.Ltpop:
+    mov rdx, r8
+    shl rdx, {ENTRY_SHIFT}
+    add rdx, rdi
+    mov r9, qword ptr [rdx+{E_ORIG}]
+    mov r10, qword ptr [rdx+{E_TSC}]
+    mov ecx, dword ptr [rdx+{E_SITE}]
+    mov qword ptr [rdx+{E_SLOT}], 0
+    lea rdx, [r8-1]
+    mov rax, r8
+    cmpxchg qword ptr [rdi], rdx
+    jne .Ltpop_fail
+    mov qword ptr [r11], r9
+    {exit_asm(layout, "tx", Kind.EXIT)}
+    mov r8, qword ptr [rdi]
+    test r8, r8
+    jz .Ltdone
+    mov rax, r8
+    shl rax, {ENTRY_SHIFT}
+    cmp qword ptr [rdi+rax+{E_SLOT}], r11
+    je .Ltpop
+.Ltdone:
+    {restore_asm(("r11",))}
+    lea rsp, [rsp+8]
+    jmp qword ptr [rsp-8]
+.Ltpop_fail:
+    mov rdx, r8
+    shl rdx, {ENTRY_SHIFT}
+    mov qword ptr [rdi+rdx+{E_SLOT}], r11
+    jmp .Ltsearch
+.Ltclose:
+    {close_top_asm(layout, "tc", ".Ltsearch")}
+.Ltglobal:
+    movabs rsi, {table:#x}
+.Ltgnext:
+    cmp qword ptr [rsi], 0
+    je .Ltgskip
+    {shadow_asm(layout)}
+    mov rax, qword ptr [rdi]
+.Ltgscan:
+    test rax, rax
+    jz .Ltgskip
+    mov rdx, rax
+    shl rdx, {ENTRY_SHIFT}
+    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
+    je .Ltsearch
+    dec rax
+    jmp .Ltgscan
+.Ltgskip:
+    add rsi, {SLOT_SIZE}
+    movabs rax, {end:#x}
+    cmp rsi, rax
+    jb .Ltgnext
+    call .Ltwrite
+    .byte {message}
+.Ltwrite:
+    pop rsi
+    mov eax, {SYS_WRITE}
+    mov edi, 2
+    mov edx, {len(LOST_MESSAGE)}
+    syscall
+    ud2
+"""
+
+
+def resync_source(layout: RuntimeLayout) -> str:
+    """Close the dead entries on top of a shadow stack, for a call made at slot r11.
+
+    In: rsi = slot, rdi = shadow stack, r11 = the new call's return-address
+    slot.  Out: r8 = top.  Clobbers rax, rcx, rdx, r9, r10 and the flags.
+    The top entry is dead when its slot is below r11, or equal to it while
+    r11 no longer returns through the trampoline; unless this code runs on
+    the signal stack and the entry is not on it.
+    """
+    tramp = trampoline_addr(layout)
+    # stack: +0 stack_t of sigaltstack (ss_sp, ss_flags, ss_size), +24 whether it was asked for
+    return f"""
+    lea rsp, [rsp-32]
+    mov qword ptr [rsp+24], 0
+.Lrloop:
+    mov r8, qword ptr [rdi]
+    test r8, r8
+    jz .Lrdone
+    mov rax, r8
+    shl rax, {ENTRY_SHIFT}
+    mov rcx, qword ptr [rdi+rax+{E_SLOT}]
+    test rcx, rcx
+    jz .Lrdone
+    cmp rcx, r11
+    ja .Lrdone
+    jb .Lrcandidate
+    movabs rax, {tramp:#x}
+    cmp qword ptr [r11], rax
+    je .Lrdone
+.Lrcandidate:
+    cmp qword ptr [rsp+24], 0
+    jne .Lrknown
+    push rdi
+    push rsi
+    push r11
+    mov eax, {SYS_SIGALTSTACK}
+    xor edi, edi
+    lea rsi, [rsp+24]
+    syscall
+    pop r11
+    pop rsi
+    pop rdi
+    mov qword ptr [rsp+24], 1
+    test rax, rax
+    jz .Lrloop
+    mov dword ptr [rsp+8], 0
+    jmp .Lrloop
+.Lrknown:
+    test dword ptr [rsp+8], {SS_ONSTACK}
+    jz .Lrdead
+    mov rax, rcx
+    sub rax, qword ptr [rsp]
+    cmp rax, qword ptr [rsp+16]
+    jae .Lrdone
+.Lrdead:
+    {close_top_asm(layout, "rc", ".Lrloop")}
+.Lrdone:
+    lea rsp, [rsp+32]
+    ret
+"""
+
+
+def _hook_prologue(layout: RuntimeLayout, p: str) -> str:
+    """Save everything, then rsi = slot and rdi = shadow stack; a thread without one goes to .L{p}out."""
+    return f"""
+    {save_asm(("r11",))}
+    {slot_lookup_asm(layout, found=f".L{p}slot", full=f".L{p}out", claimed=f".L{p}claimed", prefix=p)}
+.L{p}claimed:
+    {shadow_asm(layout)}
+    mov qword ptr [rdi], 0
+    jmp .L{p}out
+.L{p}slot:
+    {shadow_asm(layout)}"""
+
+
+def _rewrite_slots(layout: RuntimeLayout, p: str, hook: bool) -> str:
+    """For each complete entry: slot -> trampoline (``hook``) or trampoline -> original (unhook).
+
+    Only a slot that still holds what the entry left there is written; tail
+    calls' entries (original = trampoline) are skipped: their group's first
+    entry speaks for the slot.  r8 = top.  Clobbers rax, rcx, rdx, r9, r10.
+    """
+    tramp = trampoline_addr(layout)
+    expect, write = ("r9", "r10") if hook else ("r10", "r9")
+    return f"""
+    xor eax, eax
+    movabs r10, {tramp:#x}
+.L{p}loop:
+    cmp rax, r8
+    jae .L{p}end
+    lea rdx, [rax+1]
+    shl rdx, {ENTRY_SHIFT}
+    add rdx, rdi
+    mov rcx, qword ptr [rdx+{E_SLOT}]
+    test rcx, rcx
+    jz .L{p}next
+    mov r9, qword ptr [rdx+{E_ORIG}]
+    cmp r9, r10
+    je .L{p}next
+    cmp qword ptr [rcx], {expect}
+    jne .L{p}next
+    mov qword ptr [rcx], {write}
+.L{p}next:
+    inc rax
+    jmp .L{p}loop
+.L{p}end:"""
+
+
+def unhook_source(layout: RuntimeLayout) -> str:
+    """Routine run as an exception starts unwinding: every live slot gets its return address back."""
+    return f"""
+    {_hook_prologue(layout, "u")}
+    mov r8, qword ptr [rdi]
+    {_rewrite_slots(layout, "uw", hook=False)}
+.Luout:
+    {restore_asm(("r11",))}
+    ret
+"""
+
+
+def catch_source(layout: RuntimeLayout) -> str:
+    """Routine run at __cxa_begin_catch: close the unwound frames, hook the live ones again."""
+    # [rsp] returns into the hook stub; above it, __cxa_begin_catch's return-address slot
+    slot = saved_bytes(("r11",)) + 8
+    return f"""
+    {_hook_prologue(layout, "c")}
+    lea r11, [rsp+{slot}]
+    movabs rax, {layout.runtime:#x}
+    call qword ptr [rax]
+    {_rewrite_slots(layout, "cw", hook=True)}
+.Lcout:
+    {restore_asm(("r11",))}
+    ret
+"""

@@ -10,9 +10,12 @@ address of the traced function's return-address slot::
                                                                          the entry)
 
 Fast path, per call: find the thread's slot (one hash and compare), check the
-top entry (the caller's frame: its slot is above S), reserve an entry with
-one non-locked cmpxchg, fill it, mark it complete, write the trampoline's
-address into S, and write one 16-byte record.  No system call, lock or trap.
+top entry (the caller's frame: its slot is above S), take the timestamp,
+reserve a shadow entry and then the ring record (two non-locked cmpxchg, one
+right after the other, so that a signal handler's records land on the right
+side of this one unless the signal comes between them), fill the entry, mark
+it complete, write the trampoline's address into S, and write the 16-byte
+record.  No system call, lock or trap.
 
 Other paths:
 
@@ -36,11 +39,12 @@ from ktracecli_function_graph.shadow import (
     E_SLOT,
     E_TSC,
     ENTRY_SHIFT,
-    emit_asm,
+    reserve_asm,
     restore_asm,
     save_asm,
     saved_bytes,
     shadow_asm,
+    store_asm,
     trampoline_addr,
 )
 
@@ -48,23 +52,26 @@ from ktracecli_function_graph.shadow import (
 SITE_INDEX = saved_bytes() + 8
 
 
-def _entry_record(layout: RuntimeLayout, p: str, kind: Kind) -> str:
-    """Record a call at depth r8: rax = tsc, ecx = TSC_AUX.  Clobbers rax, rcx, rdx, r9, r10."""
+def _record(layout: RuntimeLayout, p: str, kind: Kind) -> str:
+    """Write the record reserved in rcx for a call at depth r8: r9 = tsc, r10d = TSC_AUX.
+
+    Clobbers rax, rcx, r10.
+    """
     return f"""
-    mov r9, rax
-    mov r10d, dword ptr [rsp+{SITE_INDEX}]
-    and ecx, {CPU_MASK:#x}
-    shl ecx, {CPU_SHIFT}
-    or ecx, r8d
-    or ecx, {int(kind) << KIND_SHIFT}
-    shl rcx, 32
-    or r10, rcx
-    {emit_asm(layout, p, "r9", "r10", "rdx")}"""
+    and r10d, {CPU_MASK:#x}
+    shl r10d, {CPU_SHIFT}
+    or r10d, r8d
+    or r10d, {int(kind) << KIND_SHIFT}
+    shl r10, 32
+    mov eax, dword ptr [rsp+{SITE_INDEX}]
+    or r10, rax
+    {store_asm(layout, p, "rcx", "r9", "r10", "rax")}"""
 
 
 def handler_source(layout: RuntimeLayout) -> str:
     """Keystone source of the handler (see ktracecli.interface for the ABI)."""
     tramp = trampoline_addr(layout)
+    thresh = layout.base + CTRL_TRACING_THRESH
     return f"""
     {save_asm()}
     {slot_lookup_asm(layout, found=".Lslot", full=".Lout", claimed=".Lclaimed")}
@@ -95,6 +102,11 @@ def handler_source(layout: RuntimeLayout) -> str:
     movabs rax, {layout.runtime:#x}
     call qword ptr [rax]
 .Lpush:
+    {timestamp_asm()}
+    shl rdx, 32
+    or rax, rdx
+    mov r9, rax
+    mov r10d, ecx
     cmp r8, {CAPACITY}
     jae .Lnohook
     movabs rax, {layout.base + CTRL_MAX_GRAPH_DEPTH:#x}
@@ -106,34 +118,31 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov rax, r8
     cmpxchg qword ptr [rdi], rdx
     jne .Lcheck
+    mov rcx, -1
+    movabs rax, {thresh:#x}
+    cmp qword ptr [rax], 0
+    jne .Lnorecord
+    {reserve_asm("e", "rcx")}
+.Lnorecord:
     shl rdx, {ENTRY_SHIFT}
     add rdx, rdi
-    mov rcx, qword ptr [r11]
-    mov qword ptr [rdx+{E_ORIG}], rcx
-    mov ecx, dword ptr [rsp+{SITE_INDEX}]
-    mov dword ptr [rdx+{E_SITE}], ecx
-    mov r9, rdx
-    {timestamp_asm()}
-    shl rdx, 32
-    or rax, rdx
-    mov qword ptr [r9+{E_TSC}], rax
-    mov qword ptr [r9+{E_SLOT}], r11
-    movabs rdx, {tramp:#x}
-    mov qword ptr [r11], rdx
-    movabs rdx, {layout.base + CTRL_TRACING_THRESH:#x}
-    cmp qword ptr [rdx], 0
-    jne .Lout
-    {_entry_record(layout, "e", Kind.ENTRY)}
+    mov rax, qword ptr [r11]
+    mov qword ptr [rdx+{E_ORIG}], rax
+    mov eax, dword ptr [rsp+{SITE_INDEX}]
+    mov dword ptr [rdx+{E_SITE}], eax
+    mov qword ptr [rdx+{E_TSC}], r9
+    mov qword ptr [rdx+{E_SLOT}], r11
+    movabs rax, {tramp:#x}
+    mov qword ptr [r11], rax
+    {_record(layout, "e", Kind.ENTRY)}
 .Lout:
     {restore_asm()}
     ret 8
 .Lnohook:
-    movabs rdx, {layout.base + CTRL_TRACING_THRESH:#x}
-    cmp qword ptr [rdx], 0
+    movabs rax, {thresh:#x}
+    cmp qword ptr [rax], 0
     jne .Lout
-    {timestamp_asm()}
-    shl rdx, 32
-    or rax, rdx
-    {_entry_record(layout, "n", Kind.NOHOOK)}
+    {reserve_asm("n", "rcx")}
+    {_record(layout, "n", Kind.NOHOOK)}
     jmp .Lout
 """

@@ -85,7 +85,7 @@ def header(engine: str | None, opts: TraceOptions) -> str:
     if "funcgraph-cpu" in opts:
         first, second = first + " CPU", second + " |  "
     if "funcgraph-proc" in opts:
-        first, second = first + "  TASK/PID       ", second + "   |    |      "
+        first, second = first + "  TASK/PID       ", second + "   |    |        "
     if "funcgraph-duration" in opts:
         first, second = first + "  DURATION   ", second + "   |   |      "
     engine_line = f"# engine: {engine}\n" if engine else ""

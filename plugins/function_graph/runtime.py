@@ -63,12 +63,11 @@ from ktracecli.runtime.layout import SLOT_SIZE, RuntimeLayout, slot_lookup_asm
 from ktracecli_function_graph.records import Kind
 from ktracecli_function_graph.shadow import (
     E_ORIG,
-    E_SITE,
     E_SLOT,
-    E_TSC,
     ENTRY_SHIFT,
     close_top_asm,
     exit_asm,
+    pop_asm,
     restore_asm,
     save_asm,
     saved_bytes,
@@ -78,6 +77,8 @@ from ktracecli_function_graph.shadow import (
 
 UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind")
 CATCH_AT = ("__cxa_begin_catch",)
+#: what the trampoline saves besides shadow.SAVED (pop_asm and exit_asm use rbx and r12)
+SAVED_TOO = ("r11", "rbx", "r12")
 SYS_WRITE = 1
 SYS_SIGALTSTACK = 131
 SS_ONSTACK = 1
@@ -102,11 +103,11 @@ def trampoline_source(layout: RuntimeLayout) -> str:
     """The return trampoline (see the module docstring); it must start the runtime's code at +8."""
     table = layout.base + layout.slot_table
     end = table + layout.nslots * SLOT_SIZE
-    s_offset = saved_bytes(("r11",))
+    s_offset = saved_bytes(SAVED_TOO)
     message = ", ".join(str(b) for b in LOST_MESSAGE)
     return f"""
     lea rsp, [rsp-8]
-    {save_asm(("r11",))}
+    {save_asm(SAVED_TOO)}
     lea r11, [rsp+{s_offset}]
     {slot_lookup_asm(layout, found=".Ltslot", full=".Ltglobal", claimed=".Ltclaimed", prefix="t")}
 .Ltclaimed:
@@ -131,18 +132,9 @@ def trampoline_source(layout: RuntimeLayout) -> str:
     cmp rax, r8
     jb .Ltclose
 .Ltpop:
-    mov rdx, r8
-    shl rdx, {ENTRY_SHIFT}
-    add rdx, rdi
-    mov r9, qword ptr [rdx+{E_ORIG}]
-    mov r10, qword ptr [rdx+{E_TSC}]
-    mov ecx, dword ptr [rdx+{E_SITE}]
-    mov qword ptr [rdx+{E_SLOT}], 0
-    lea rdx, [r8-1]
-    mov rax, r8
-    cmpxchg qword ptr [rdi], rdx
-    jne .Ltpop_fail
-    mov qword ptr [r11], r9
+    {pop_asm("tp", ".Ltsearch")}
+    mov qword ptr [r11], rcx
+    mov ecx, eax
     {exit_asm(layout, "tx", Kind.EXIT)}
     mov r8, qword ptr [rdi]
     test r8, r8
@@ -152,14 +144,9 @@ def trampoline_source(layout: RuntimeLayout) -> str:
     cmp qword ptr [rdi+rax+{E_SLOT}], r11
     je .Ltpop
 .Ltdone:
-    {restore_asm(("r11",))}
+    {restore_asm(SAVED_TOO)}
     lea rsp, [rsp+8]
     jmp qword ptr [rsp-8]
-.Ltpop_fail:
-    mov rdx, r8
-    shl rdx, {ENTRY_SHIFT}
-    mov qword ptr [rdi+rdx+{E_SLOT}], r11
-    jmp .Ltsearch
 .Ltclose:
     {close_top_asm(layout, "tc", ".Ltsearch")}
 .Ltglobal:
@@ -199,7 +186,8 @@ def resync_source(layout: RuntimeLayout) -> str:
     """Close the dead entries on top of a shadow stack, for a call made at slot r11.
 
     In: rsi = slot, rdi = shadow stack, r11 = the new call's return-address
-    slot.  Out: r8 = top.  Clobbers rax, rcx, rdx, r9, r10 and the flags.
+    slot.  Out: r8 = top.  Clobbers rax, rcx, rdx, r9, r10 and the flags
+    (rbx and r12, which closing uses, are saved).
     The top entry is dead when its slot is below r11, or equal to it while
     r11 no longer returns through the trampoline; unless this code runs on
     the signal stack and the entry is not on it.
@@ -207,6 +195,8 @@ def resync_source(layout: RuntimeLayout) -> str:
     tramp = trampoline_addr(layout)
     # stack: +0 stack_t of sigaltstack (ss_sp, ss_flags, ss_size), +24 whether it was asked for
     return f"""
+    push rbx
+    push r12
     lea rsp, [rsp-32]
     mov qword ptr [rsp+24], 0
 .Lrloop:
@@ -253,6 +243,8 @@ def resync_source(layout: RuntimeLayout) -> str:
     {close_top_asm(layout, "rc", ".Lrloop")}
 .Lrdone:
     lea rsp, [rsp+32]
+    pop r12
+    pop rbx
     ret
 """
 

@@ -95,84 +95,133 @@ def shadow_asm(layout: RuntimeLayout) -> str:
     add rdi, rax"""
 
 
-def emit_asm(layout: RuntimeLayout, p: str, tsc: str, meta: str, tmp: str) -> str:
-    """Write one record to the ring of the slot at rsi (or count it lost when the ring is full).
+def reserve_asm(p: str, index: str) -> str:
+    """Reserve the next record of the ring of the slot at rsi: its index in ``index``, or -1.
 
-    ``tsc`` holds the timestamp, ``meta`` the second quadword without its
-    commit byte (site | info << 32).  Clobbers rax, ``tmp`` and ``meta``.
-    The reservation is a non-locked cmpxchg on head; the second quadword,
-    holding the commit byte, is stored last::
-
-        ring[head & mask] = { tsc, site | info << 32 | ((head >> log2(capacity)) + 1) << 56 }
+    A full ring counts the record as lost instead (-1).  The reservation is
+    one non-locked cmpxchg on head.  Clobbers rax and the flags.
     """
     return f"""
 .L{p}reserve:
     mov rax, qword ptr [rsi+32]
-    mov {tmp}, rax
-    sub {tmp}, qword ptr [rsi+64]
-    cmp {tmp}, qword ptr [rsi+56]
+    mov {index}, rax
+    sub {index}, qword ptr [rsi+64]
+    cmp {index}, qword ptr [rsi+56]
     jae .L{p}drop
-    lea {tmp}, [rax+1]
-    cmpxchg qword ptr [rsi+32], {tmp}
+    lea {index}, [rax+1]
+    cmpxchg qword ptr [rsi+32], {index}
     jne .L{p}reserve
-    mov {tmp}, rax
+    mov {index}, rax
+    jmp .L{p}reserved
+.L{p}drop:
+    add qword ptr [rsi+40], 1
+    mov qword ptr [rsi+48], rax
+    mov {index}, -1
+.L{p}reserved:"""
+
+
+def store_asm(layout: RuntimeLayout, p: str, index: str, tsc: str, meta: str, tmp: str) -> str:
+    """Write record ``index`` (reserved by :func:`reserve_asm`; -1 writes nothing).
+
+    ``meta`` is the second quadword without its commit byte (site | info << 32);
+    it is stored last, with the commit byte, in one store::
+
+        ring[index & mask] = { tsc, meta | ((index >> log2(capacity)) + 1) << 56 }
+
+    Clobbers ``index``, ``meta``, ``tmp`` and the flags.
+    """
+    return f"""
+    cmp {index}, -1
+    je .L{p}stored
+    mov {tmp}, {index}
     shr {tmp}, {layout.capacity_bits}
     inc {tmp}
     shl {tmp}, 56
     or {meta}, {tmp}
-    and rax, qword ptr [rsi+24]
-    shl rax, 4
-    add rax, qword ptr [rsi+16]
-    mov qword ptr [rax], {tsc}
-    mov qword ptr [rax+8], {meta}
-    jmp .L{p}end
-.L{p}drop:
-    add qword ptr [rsi+40], 1
-    mov qword ptr [rsi+48], rax
-.L{p}end:"""
+    and {index}, qword ptr [rsi+24]
+    shl {index}, 4
+    add {index}, qword ptr [rsi+16]
+    mov qword ptr [{index}], {tsc}
+    mov qword ptr [{index}+8], {meta}
+.L{p}stored:"""
 
 
 def exit_asm(layout: RuntimeLayout, p: str, kind: Kind) -> str:
-    """Record the end of a popped entry: rdx = its depth, ecx = its site, r10 = its entry tsc.
+    """Record the end of a just-popped entry (timestamped before the pop, see :func:`pop_asm`).
 
-    Writes one ``kind`` record (EXIT or CLOSED) stamped now; under
+    In: rdx = its depth, ecx = its site, rbx = now, r12 = its entry tsc,
+    r10d = TSC_AUX.  Writes one ``kind`` record (EXIT or CLOSED); under
     tracing_thresh, the pair ENTRY (entry time) + ``kind`` when the call took
     at least the threshold, else nothing.  Clobbers rax, rcx, rdx, r9, r10.
     """
     thresh = layout.base + CTRL_TRACING_THRESH
-    kind_bits = 3 << (KIND_SHIFT + 32)
     return f"""
-    mov r9d, ecx
-    or rdx, {int(kind) << KIND_SHIFT}
-    shl rdx, 32
-    or r9, rdx
+    and r10d, {CPU_MASK:#x}
+    shl r10d, {CPU_SHIFT}
+    or r10d, edx
+    shl r10, 32
+    or r10, rcx
+    movabs rax, {thresh:#x}
+    mov rax, qword ptr [rax]
+    test rax, rax
+    jnz .L{p}thresh
+    {reserve_asm(p + "x", "r9")}
+    mov rax, {int(kind) << (KIND_SHIFT + 32)}
+    or r10, rax
+    {store_asm(layout, p + "x", "r9", "rbx", "r10", "rax")}
+    jmp .L{p}done
+.L{p}thresh:
+    mov rcx, rbx
+    sub rcx, r12
+    cmp rcx, rax
+    jb .L{p}done
+    {reserve_asm(p + "e", "r9")}
+    mov rcx, r10
+    {store_asm(layout, p + "e", "r9", "r12", "rcx", "rax")}
+    {reserve_asm(p + "r", "r9")}
+    mov rax, {int(kind) << (KIND_SHIFT + 32)}
+    or r10, rax
+    {store_asm(layout, p + "r", "r9", "rbx", "r10", "rax")}
+.L{p}done:"""
+
+
+def pop_asm(p: str, fail: str) -> str:
+    """Timestamp, then pop the top entry (r8 = top, rdi = shadow stack).
+
+    The timestamp comes first so that the pop and the reservation of its
+    record follow each other closely: a signal handler's records land on the
+    right side of this one unless the signal comes in those few instructions.
+    Out: rbx = now, r10d = TSC_AUX, and the entry read whole: r9 = its slot,
+    rcx = its original return address, r12 = its entry tsc, eax = its site,
+    rdx = its depth (top - 1).  If a signal handler moved top meanwhile, the
+    entry is put back untouched and control goes to ``fail``.  Clobbers rax,
+    rcx, rdx, r9, r10, rbx, r12.
+    """
+    return f"""
     {timestamp_asm()}
     shl rdx, 32
     or rax, rdx
-    and ecx, {CPU_MASK:#x}
-    shl rcx, {CPU_SHIFT + 32}
-    or r9, rcx
-    movabs rdx, {thresh:#x}
-    mov rdx, qword ptr [rdx]
-    test rdx, rdx
-    jnz .L{p}thresh
-    mov r10, rax
-    {emit_asm(layout, p + "x", "r10", "r9", "rdx")}
-    jmp .L{p}done
-.L{p}thresh:
-    mov rcx, rax
-    sub rcx, r10
-    cmp rcx, rdx
-    jb .L{p}done
+    mov rbx, rax
+    mov r10d, ecx
+    mov rdx, r8
+    shl rdx, {ENTRY_SHIFT}
+    add rdx, rdi
+    mov r9, qword ptr [rdx+{E_SLOT}]
+    mov rcx, qword ptr [rdx+{E_ORIG}]
+    mov r12, qword ptr [rdx+{E_TSC}]
+    mov eax, dword ptr [rdx+{E_SITE}]
     push rax
-    push r9
-    movabs rcx, {~kind_bits & (2**64 - 1):#x}
-    and r9, rcx
-    {emit_asm(layout, p + "e", "r10", "r9", "rdx")}
-    pop r9
-    pop r10
-    {emit_asm(layout, p + "r", "r10", "r9", "rdx")}
-.L{p}done:"""
+    mov qword ptr [rdx+{E_SLOT}], 0
+    lea rdx, [r8-1]
+    mov rax, r8
+    cmpxchg qword ptr [rdi], rdx
+    pop rax
+    je .L{p}popped
+    mov rdx, r8
+    shl rdx, {ENTRY_SHIFT}
+    mov qword ptr [rdi+rdx+{E_SLOT}], r9
+    jmp {fail}
+.L{p}popped:"""
 
 
 def close_top_asm(layout: RuntimeLayout, p: str, again: str) -> str:
@@ -181,26 +230,12 @@ def close_top_asm(layout: RuntimeLayout, p: str, again: str) -> str:
     An incomplete entry (slot 0: its writer was left by a longjmp) is popped
     without a record.  If a signal handler moved top meanwhile, the entry is
     put back untouched and ``again`` decides anew.  Clobbers rax, rcx, rdx,
-    r9, r10.
+    r9, r10, rbx, r12.
     """
     return f"""
-    mov rdx, r8
-    shl rdx, {ENTRY_SHIFT}
-    add rdx, rdi
-    mov r9, qword ptr [rdx+{E_SLOT}]
-    mov r10, qword ptr [rdx+{E_TSC}]
-    mov ecx, dword ptr [rdx+{E_SITE}]
-    mov qword ptr [rdx+{E_SLOT}], 0
-    lea rdx, [r8-1]
-    mov rax, r8
-    cmpxchg qword ptr [rdi], rdx
-    jne .L{p}fail
+    {pop_asm(p, again)}
     test r9, r9
     jz {again}
+    mov ecx, eax
     {exit_asm(layout, p, Kind.CLOSED)}
-    jmp {again}
-.L{p}fail:
-    mov rdx, r8
-    shl rdx, {ENTRY_SHIFT}
-    mov qword ptr [rdi+rdx+{E_SLOT}], r9
     jmp {again}"""

@@ -60,7 +60,7 @@ VARIANT_IDS = [v.name for v in VARIANTS]
 
 
 class Builder:
-    """Compiles ``tests/programs/NAME.c`` once per variant into a session build dir."""
+    """Compiles ``tests/programs/NAME.c`` (gcc) or ``NAME.cc`` (g++) once per variant into a session build dir."""
 
     def __init__(self, build_dir: Path, gcc: str) -> None:
         self.build_dir = build_dir
@@ -73,8 +73,12 @@ class Builder:
         if key in self._built:
             return self._built[key]
         source = PROGRAMS_DIR / f"{program}.c"
+        compiler = self.gcc
+        if not source.exists() and source.with_suffix(".cc").exists():
+            source = source.with_suffix(".cc")
+            compiler = shutil.which("g++") or pytest.fail("g++ is required to build the C++ test programs")
         exe = self.build_dir / f"{program}-{variant.name}"
-        cmd = [self.gcc, "-Wall", "-Wextra", "-Werror", *variant.flags, "-pthread",
+        cmd = [compiler, "-Wall", "-Wextra", "-Werror", *variant.flags, "-pthread",
                "-o", str(exe), str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -321,3 +325,166 @@ def assert_user_error(proc: subprocess.CompletedProcess, *words: str) -> str:
     for word in words:
         assert word.lower() in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
     return lines[0]
+
+
+# --------------------------------------------------------------------------- function_graph output
+
+
+GRAPH_BODY_RE = re.compile(r"^(?:(?P<leaf>[^\s(){}]+)\(\);|(?P<open>[^\s(){}]+)\(\) \{|\}(?: /\* (?P<tail>[^\s*]+) \*/)?)$")
+GRAPH_DASHES = " " + "-" * 42
+LOST_LINE_RE = re.compile(r"^CPU:(\d+) \[LOST (\d+) EVENTS\]$")
+
+
+@dataclass(frozen=True)
+class GraphLine:
+    """One function_graph line: the columns it had and what its body says."""
+
+    cpu: int | None
+    duration: float | None   #: microseconds; None for a filled (empty) duration column
+    mark: str | None
+    depth: int
+    kind: str                #: "leaf" (func();), "open" (func() {) or "close" (} or } /* func */)
+    func: str | None         #: None for a bare }
+    tid: int | None          #: from the proc column or the --per-thread heading
+    comm: str | None = None
+    abstime: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The line with columns and times normalised away: indent and body."""
+        body = {"leaf": f"{self.func}();", "open": f"{self.func}() {{"}.get(self.kind)
+        if body is None:
+            body = "}" if self.func is None else f"}} /* {self.func} */"
+        return "  " * self.depth + body
+
+
+@dataclass
+class GraphOutput:
+    """``show`` output of the function_graph tracer, checked line by line."""
+
+    header: list[str]
+    lines: list[GraphLine]
+    lost: list[tuple[int, int]]
+    switches: list[tuple[int, str, str]]       #: (cpu, old comm-tid, new comm-tid)
+    threads: dict[int, list[GraphLine]]        #: by tid (with --per-thread, or funcgraph-proc)
+
+    def tree(self, tid: int | None = None) -> str:
+        """The normalised lines (of one thread), one per line."""
+        lines = self.lines if tid is None else self.threads[tid]
+        return "\n".join(line.text for line in lines)
+
+    def counts(self, tid: int | None = None) -> tuple[collections.Counter, collections.Counter]:
+        """(entries, exits) per function: a leaf is both; a bare } exits what opened at its depth."""
+        lines = self.lines if tid is None else self.threads[tid]
+        entries: collections.Counter = collections.Counter()
+        exits: collections.Counter = collections.Counter()
+        opened: dict[int, str] = {}
+        for line in lines:
+            if line.kind in ("leaf", "open"):
+                entries[line.func] += 1
+                if line.kind == "leaf" and line.duration is not None:
+                    exits[line.func] += 1
+                if line.kind == "open":
+                    opened[line.depth] = line.func
+            else:
+                func = line.func or opened.get(line.depth)
+                assert func is not None, f"a bare }} closes nothing at depth {line.depth}"
+                exits[func] += 1
+                opened.pop(line.depth, None)
+        return entries, exits
+
+
+def _duration_column(text: str, line: str) -> tuple[float | None, str | None]:
+    """Parse the 14-column duration field (without its '|  ')."""
+    if text == " " * 14:
+        return None, None
+    match = re.fullmatch(r"([ +!#*@$]) (\d+(?:\.\d{1,3})?) us +", text)
+    assert match and len(text) == 14, f"bad duration column {text!r} in {line!r}"
+    number = match.group(2)
+    if "." in number:
+        assert len(number) <= 8 and len(number.split(".")[1]) == min(3, 7 - len(number.split(".")[0])), line
+    else:
+        assert len(number) >= 7, f"a duration under 7 digits without decimals: {line!r}"
+    return float(number), match.group(1)
+
+
+def parse_graph(text: str, cpu: bool = True, duration: bool = True, proc: bool = False,
+                abstime: bool = False) -> GraphOutput:
+    """Parse function_graph output printed with the given columns; any line of no known form fails."""
+    raw = text.split("\n")
+    assert raw and raw[-1] == "", "output does not end with a newline"
+    raw.pop()
+    assert raw[0] == "# tracer: function_graph", f"bad first line: {raw[0]!r}"
+    prefix = ""
+    if abstime:
+        prefix += r"(?P<abstime> *\d+\.\d{6}) \|  "
+    if cpu:
+        prefix += r" (?P<cpu> *\d+)\) "
+    if proc:
+        prefix += r"(?P<proc>.{14}) \| "
+    if duration:
+        prefix += r"(?P<duration>.{14})\|  "
+    line_re = re.compile(f"^{prefix}(?P<indent>(?:  )*)(?P<body>\\S.*)$")
+    header: list[str] = []
+    lines: list[GraphLine] = []
+    lost: list[tuple[int, int]] = []
+    switches: list[tuple[int, str, str]] = []
+    threads: dict[int, list[GraphLine]] = collections.defaultdict(list)
+    heading: tuple[str, int] | None = None
+    i = 0
+    while i < len(raw):
+        line = raw[i]
+        i += 1
+        if line.startswith("#") and not lines and heading is None and not re.match(r"^# \S+-\d+$", line):
+            header.append(line)
+            continue
+        match = re.match(r"^# (\S+)-(\d+)$", line)
+        if match:
+            heading = (match.group(1), int(match.group(2)))
+            assert heading[1] not in threads, f"thread {heading[1]} headed twice"
+            continue
+        if line == "" and heading is not None and i < len(raw) and raw[i].startswith("# "):
+            continue  # the blank line between two threads
+        match = LOST_LINE_RE.match(line)
+        if match:
+            lost.append((int(match.group(1)), int(match.group(2))))
+            continue
+        if line == GRAPH_DASHES:
+            switch = re.match(r"^ *(\d+)\) (.{14}) => (.{14})$", raw[i])
+            assert switch, f"task-switch line expected after the dashes: {raw[i]!r}"
+            assert raw[i + 1] == GRAPH_DASHES and raw[i + 2] == "", raw[i:i + 3]
+            switches.append((int(switch.group(1)), switch.group(2).strip(), switch.group(3).strip()))
+            i += 3
+            continue
+        match = line_re.match(line)
+        assert match, f"line of no known function_graph form: {line!r}"
+        body = GRAPH_BODY_RE.match(match.group("body"))
+        assert body, f"bad function_graph body in {line!r}"
+        dur, mark = _duration_column(match.group("duration"), line) if duration else (None, None)
+        kind = "leaf" if body.group("leaf") else "open" if body.group("open") else "close"
+        func = body.group("leaf") or body.group("open") or body.group("tail")
+        comm, tid = heading if heading else (None, None)
+        if proc:
+            comm, _, tid_text = match.group("proc").strip().rpartition("-")
+            tid = int(tid_text)
+        graph_line = GraphLine(int(match.group("cpu")) if cpu else None, dur, mark,
+                               len(match.group("indent")) // 2, kind, func, tid, comm,
+                               float(match.group("abstime")) if abstime else None)
+        if kind == "open":
+            assert dur is None, f"an open line with a duration: {line!r}"
+        lines.append(graph_line)
+        if tid is not None:
+            threads[tid].append(graph_line)
+    assert header[:1] == ["# tracer: function_graph"], header
+    return GraphOutput(header, lines, lost, switches, dict(threads))
+
+
+def assert_nesting(lines: Sequence[GraphLine], start_depth: int | None = None) -> None:
+    """Every line sits at the depth its enclosing opens give it (a trace may start mid-call)."""
+    depth = lines[0].depth if start_depth is None and lines else (start_depth or 0)
+    for line in lines:
+        if line.kind == "close":
+            depth -= 1
+        assert line.depth == depth, f"{line.text!r} at depth {line.depth}, expected {depth}"
+        if line.kind == "open":
+            depth += 1

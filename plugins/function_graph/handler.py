@@ -21,7 +21,8 @@ Other paths:
 
 - top entry at or below S: a tail call when S already returns through the
   trampoline (the entry shares the slot); else the top is a dead frame, and
-  the runtime's resync routine closes every dead entry first;
+  the runtime's resync routine closes every dead entry first; while an
+  exception unwinds, the resync routine also looks at the entries above S;
 - depth >= max_graph_depth (when set) or a full shadow stack: a NOHOOK record,
   and the return is left alone;
 - tracing_thresh set: no entry record (the trampoline records long calls).
@@ -39,6 +40,8 @@ from ktracecli_function_graph.shadow import (
     E_SLOT,
     E_TSC,
     ENTRY_SHIFT,
+    H_TOP,
+    H_UNWINDING,
     reserve_asm,
     restore_asm,
     save_asm,
@@ -77,7 +80,8 @@ def handler_source(layout: RuntimeLayout) -> str:
     {slot_lookup_asm(layout, found=".Lslot", full=".Lout", claimed=".Lclaimed")}
 .Lclaimed:
     {shadow_asm(layout)}
-    mov qword ptr [rdi], 0
+    mov qword ptr [rdi+{H_TOP}], 0
+    mov qword ptr [rdi+{H_UNWINDING}], 0
     jmp .Lcheck
 .Lslot:
     {shadow_asm(layout)}
@@ -89,10 +93,14 @@ def handler_source(layout: RuntimeLayout) -> str:
     shl rax, {ENTRY_SHIFT}
     mov rcx, qword ptr [rdi+rax+{E_SLOT}]
     cmp rcx, r11
-    ja .Lpush
+    ja .Labove
     jb .Lbelow
     movabs rax, {tramp:#x}
     cmp qword ptr [r11], rax
+    je .Lpush
+    jmp .Lresync
+.Labove:
+    cmp qword ptr [rdi+{H_UNWINDING}], 0
     je .Lpush
     jmp .Lresync
 .Lbelow:

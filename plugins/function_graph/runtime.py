@@ -50,6 +50,10 @@ finds no unwind info there and calls std::terminate.  So, as uftrace does:
   exception left (slots below the catching frame: resync, as for a call made
   at __cxa_begin_catch's slot) and hooks the remaining ones again.
 
+Between the two the thread's shadow stack is marked *unwinding*, so that a
+traced call made by a cleanup (a destructor) closes the frames already
+unwound even when an untraced function took their place on the stack.
+
 Frames of a forced unwind are closed when their thread's later calls, or its
 exit, show them gone.  ``_Unwind_Backtrace`` (glibc's ``backtrace()``) is not
 hooked: a backtrace taken inside traced frames stops at the first hooked one.
@@ -65,6 +69,8 @@ from ktracecli_function_graph.shadow import (
     E_ORIG,
     E_SLOT,
     ENTRY_SHIFT,
+    H_TOP,
+    H_UNWINDING,
     close_top_asm,
     exit_asm,
     pop_asm,
@@ -112,7 +118,8 @@ def trampoline_source(layout: RuntimeLayout) -> str:
     {slot_lookup_asm(layout, found=".Ltslot", full=".Ltglobal", claimed=".Ltclaimed", prefix="t")}
 .Ltclaimed:
     {shadow_asm(layout)}
-    mov qword ptr [rdi], 0
+    mov qword ptr [rdi+{H_TOP}], 0
+    mov qword ptr [rdi+{H_UNWINDING}], 0
     jmp .Ltglobal
 .Ltslot:
     {shadow_asm(layout)}
@@ -189,8 +196,10 @@ def resync_source(layout: RuntimeLayout) -> str:
     slot.  Out: r8 = top.  Clobbers rax, rcx, rdx, r9, r10 and the flags
     (rbx and r12, which closing uses, are saved).
     The top entry is dead when its slot is below r11, or equal to it while
-    r11 no longer returns through the trampoline; unless this code runs on
-    the signal stack and the entry is not on it.
+    r11 no longer returns through the trampoline, or (only while an exception
+    unwinds) above it while holding neither the trampoline nor the entry's
+    own return address; unless this code runs on the signal stack and the
+    entry is not on it.
     """
     tramp = trampoline_addr(layout)
     # stack: +0 stack_t of sigaltstack (ss_sp, ss_flags, ss_size), +24 whether it was asked for
@@ -209,10 +218,23 @@ def resync_source(layout: RuntimeLayout) -> str:
     test rcx, rcx
     jz .Lrdone
     cmp rcx, r11
-    ja .Lrdone
+    ja .Lrabove
     jb .Lrcandidate
     movabs rax, {tramp:#x}
     cmp qword ptr [r11], rax
+    je .Lrdone
+    jmp .Lrcandidate
+.Lrabove:
+    cmp qword ptr [rdi+{H_UNWINDING}], 0
+    je .Lrdone
+    mov rdx, qword ptr [rcx]
+    movabs r9, {tramp:#x}
+    cmp rdx, r9
+    je .Lrdone
+    mov r10, qword ptr [rdi+rax+{E_ORIG}]
+    cmp r10, r9
+    je .Lrdone
+    cmp rdx, r10
     je .Lrdone
 .Lrcandidate:
     cmp qword ptr [rsp+24], 0
@@ -256,7 +278,8 @@ def _hook_prologue(layout: RuntimeLayout, p: str) -> str:
     {slot_lookup_asm(layout, found=f".L{p}slot", full=f".L{p}out", claimed=f".L{p}claimed", prefix=p)}
 .L{p}claimed:
     {shadow_asm(layout)}
-    mov qword ptr [rdi], 0
+    mov qword ptr [rdi+{H_TOP}], 0
+    mov qword ptr [rdi+{H_UNWINDING}], 0
     jmp .L{p}out
 .L{p}slot:
     {shadow_asm(layout)}"""
@@ -299,6 +322,7 @@ def unhook_source(layout: RuntimeLayout) -> str:
     """Routine run as an exception starts unwinding: every live slot gets its return address back."""
     return f"""
     {_hook_prologue(layout, "u")}
+    mov qword ptr [rdi+{H_UNWINDING}], 1
     mov r8, qword ptr [rdi]
     {_rewrite_slots(layout, "uw", hook=False)}
 .Luout:
@@ -317,6 +341,7 @@ def catch_source(layout: RuntimeLayout) -> str:
     movabs rax, {layout.runtime:#x}
     call qword ptr [rax]
     {_rewrite_slots(layout, "cw", hook=True)}
+    mov qword ptr [rdi+{H_UNWINDING}], 0
 .Lcout:
     {restore_asm(("r11",))}
     ret

@@ -6,6 +6,8 @@ whose thread gets the same slot index (see ``SharedRings.inherit``)::
 
     private + i * 32 KiB           the shadow stack of slot i
         +0                 u64  top: entries reserved (the next one goes at index top)
+        +8                 u64  unwinding: 1 from the start of an exception's unwinding
+                                (the unhook routine) to its catch; 0 otherwise
         +32 * (n + 1)      entry n, 32 bytes:
             +0   u64  slot   address of the return-address slot; 0 while being written
             +8   u64  orig   the return address it held (the trampoline's own for a tail call)
@@ -25,6 +27,9 @@ than) every slot pushed after it, except a tail callee's, which shares its
 caller's slot.  An entry whose slot is below a new call's, or equal to it
 while the slot no longer returns through the trampoline, belongs to a frame
 left without returning (longjmp, an exception): it is *dead*, and closed.
+While an exception unwinds, a frame above the new call is dead too when its
+slot holds neither the trampoline nor its own return address any more: an
+untraced function (a destructor called by a landing pad) took its place.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ SLOT_TO_SHADOW = (SHADOW_BYTES // SLOT_SIZE).bit_length() - 1
 assert SLOT_SIZE << SLOT_TO_SHADOW == SHADOW_BYTES
 
 E_SLOT, E_ORIG, E_TSC, E_SITE = 0, 8, 16, 24
+#: offsets in the shadow stack's header
+H_TOP, H_UNWINDING = 0, 8
 
 #: the registers the handler and the runtime routines save (flags go in with rax)
 SAVED = ("rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10")

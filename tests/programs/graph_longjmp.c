@@ -30,6 +30,8 @@ TRACED long leaf(long x)
 TRACED void thrower(long n)
 {
     count_thrower++;
+    if (n < 0)
+        return;
     if (n == 0)
         longjmp(*target, 1);
     thrower(n - 1);
@@ -59,8 +61,8 @@ TRACED long after(long x)
 int main(int argc, char **argv)
 {
     long rounds = argc > 1 ? atol(argv[1]) : 1;
-    long result = 0;
-    for (long i = 0; i < rounds; i++) {
+    volatile long result = 0;
+    for (volatile long i = 0; i < rounds; i++) {
         result += catcher(2);
         BARRIER();
         result += after(i);

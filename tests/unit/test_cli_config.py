@@ -305,6 +305,8 @@ class FakeRecordSettings:
     filters: tuple[str, ...]
     buffer_size_kb: int
     config_path: Path
+    max_graph_depth: int = 0
+    tracing_thresh: int = 0
 
 
 @dataclass(frozen=True)
@@ -380,7 +382,7 @@ def test_show_uses_the_recorded_tracer(run: Any, monkeypatch: pytest.MonkeyPatch
 def test_show_stops_quietly_when_the_reader_goes_away(run: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_module(monkeypatch, "datadir", load=lambda directory: FakeTraceData("nop"))
 
-    def closed_pipe(self: nop.NopTracer, data: Any, out: io.TextIOBase) -> None:
+    def closed_pipe(self: nop.NopTracer, data: Any, out: io.TextIOBase, *settings: Any) -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(nop.NopTracer, "show", closed_pipe)

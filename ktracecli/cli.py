@@ -127,7 +127,7 @@ def tracer(
 # --- settings and trace options ---------------------------------------------------------------
 
 
-@app.command("config")
+@app.command("config", context_settings={"ignore_unknown_options": True})
 def config_(
     ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help=f"One of: {', '.join(config.NUMERIC)}.")] = None,

@@ -344,6 +344,13 @@ def test_record_builds_settings_and_exits_with_the_programs_status(
                                            "function", ("main",), 16384, cfg)]
 
 
+def test_record_passes_the_graph_knobs(run: Any, recorded: list[FakeRecordSettings]) -> None:
+    run("config", "max_graph_depth", "4")
+    run("config", "tracing_thresh", "9")
+    run("record", "./prog")
+    assert (recorded[0].max_graph_depth, recorded[0].tracing_thresh) == (4, 9)
+
+
 def test_record_passes_program_options_without_double_dash(
         run: Any, recorded: list[FakeRecordSettings]) -> None:
     assert run("record", "./prog", "-x", "--output", "y").code == 3

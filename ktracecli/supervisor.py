@@ -187,7 +187,10 @@ class Supervisor:
         finally:
             rings.unlink()
         # the parent is still stopped in its fork event if it has not reported it yet
-        parent, index, key = self.fork_slots.pop(pid, None) or self._forking_slot(_ppid(pid), pid)
+        if pid in self.fork_slots:
+            parent, index, key = self.fork_slots.pop(pid)
+        else:
+            parent, index, key = self._forking_slot(_ppid(pid), pid)
         if parent in self.rings:
             rings.inherit(self.rings[parent], index, key, pid)
         self.rings[pid] = rings

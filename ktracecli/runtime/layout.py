@@ -164,7 +164,7 @@ class CommitWord:
 
 def commit_word(dtype: np.dtype) -> CommitWord:
     """The commit rule of a record dtype: ``dtype.metadata["commit"]``, else the last-u32 default."""
-    rule = (dtype.metadata or {}).get("commit")
+    rule = dtype.metadata.get("commit") if dtype.metadata else None
     return rule if isinstance(rule, CommitWord) else CommitWord()
 
 

@@ -185,13 +185,13 @@ def write_trace(data: TraceData, out: TextIO, settings: ShowSettings = ShowSetti
         graphs.sort(key=lambda g: int(g.ns[0]) if len(g) else 0)
         for n, g in enumerate(graphs):
             out.write(f"{chr(10) if n else ''}# {g.thread.comm}-{g.thread.tid}\n")
-            lines = []
+            own = []
             for i in range(len(g)):
-                lines.append(printer.lost(g, i))
+                own.append(printer.lost(g, i))
                 if g.role[i] is not Role.SKIP:
-                    lines.append(printer.line(g, i))
-            lines.append(printer.lost(g, len(g)))
-            out.write("".join(lines))
+                    own.append(printer.line(g, i))
+            own.append(printer.lost(g, len(g)))
+            out.write("".join(own))
         return
     lines: list[str] = []
     for g, i in _merged(graphs):

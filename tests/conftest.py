@@ -33,6 +33,8 @@ class Variant:
 
     name: str
     flags: tuple[str, ...]
+    #: the C compiler (gcc unless a test asks for clang's own forms of a feature)
+    compiler: str = "gcc"
 
     @property
     def pie(self) -> bool:
@@ -74,7 +76,11 @@ class Builder:
             return self._built[key]
         source = PROGRAMS_DIR / f"{program}.c"
         exe = self.build_dir / f"{program}-{variant.name}"
-        cmd = [self.gcc, "-Wall", "-Wextra", "-Werror", *variant.flags, "-pthread",
+        compiler = self.gcc if variant.compiler == "gcc" else shutil.which(variant.compiler)
+        if compiler is None:
+            pytest.fail(f"{variant.compiler} is required to build {program}-{variant.name} and is not "
+                        "on PATH (scripts/setup.sh installs it when run as root)")
+        cmd = [compiler, "-Wall", "-Wextra", "-Werror", *variant.flags, "-pthread",
                "-o", str(exe), str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

@@ -24,11 +24,11 @@ from ktracecli.interface import Analysis, Engine
 CACHE_ENV = "KTRACECLI_CACHE_DIR"
 
 
-def cache_dir() -> Path:
-    """Where analyses are kept (``KTRACECLI_CACHE_DIR`` overrides; empty disables)."""
+def cache_dir() -> Path | None:
+    """Where analyses are kept (``KTRACECLI_CACHE_DIR`` overrides; empty disables: None)."""
     explicit = os.environ.get(CACHE_ENV)
     if explicit is not None:
-        return Path(explicit)
+        return Path(explicit) if explicit else None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "ktracecli" / "analysis"
 
@@ -55,7 +55,7 @@ def _key(engine: Engine, image: ElfImage) -> str:
 def analyze(engine: Engine, image: ElfImage) -> Analysis:
     """``engine.analyze(image)``, from the cache when it holds this very file."""
     folder = cache_dir()
-    if not str(folder):
+    if folder is None:
         return engine.analyze(image)
     path = folder / _key(engine, image)
     try:

@@ -10,6 +10,7 @@ threads and children until it exits, draining the rings as it runs.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -200,6 +201,7 @@ class Recorder:
 
     def _record(self, writer: DataWriter, main_name: str) -> RecordResult:
         start = clock.sample()
+        setup_start = time.perf_counter()
         tracee = spawn(self.path, self.settings.argv)
         try:
             entry = tracee.auxv(AT_ENTRY)
@@ -238,6 +240,7 @@ class Recorder:
         consumer.start()
         supervisor = Supervisor(tracee, consumer, rings, scratch, self.tracer.record_dtype,
                                 installer.installed.in_order())
+        setup_s = time.perf_counter() - setup_start
         status = supervisor.run()
         consumer.stop()
         tracee.close()
@@ -256,6 +259,9 @@ class Recorder:
             "clock": {"tsc0": calibration.tsc0, "ns0": calibration.ns0, "ns_per_tick": calibration.ns_per_tick},
             "traced": traced, "refused": plan.refused, "events": writer.events, "lost": lost,
             "exit_status": status,
+            # for bench/: time from fork to resuming the patched program, and ktracecli's peak memory
+            "setup_s": round(setup_s, 6),
+            "ktracecli_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         })
         return RecordResult(status, self.engine.name, traced, plan.refused, writer.events, lost)
 

@@ -183,11 +183,13 @@ def parse_summary(stderr: str) -> Summary:
 class Ktrace:
     """Runs ``python -m ktracecli --config CFG ...`` as a subprocess, with a private config."""
 
-    def __init__(self, config: Path, cwd: Path) -> None:
+    def __init__(self, config: Path, cwd: Path, cache: Path | None = None) -> None:
         self.config = config
         self.cwd = cwd
         self.env = dict(os.environ)
         self.env["KTRACECLI_CONFIG"] = str(config)
+        if cache is not None:  # never the user's own ~/.cache
+            self.env["KTRACECLI_CACHE_DIR"] = str(cache)
         self.env.pop("PYTHONWARNINGS", None)
 
     def argv(self, *args: str | os.PathLike[str]) -> list[str]:
@@ -231,12 +233,18 @@ class Ktrace:
         return parse_show(self.ok("show", data_dir).stdout)
 
 
+@pytest.fixture(scope="session")
+def analysis_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One analysis cache for the whole test session (libc is analysed once, not per test)."""
+    return tmp_path_factory.mktemp("analysis-cache")
+
+
 @pytest.fixture
-def ktrace(tmp_path: Path) -> Ktrace:
+def ktrace(tmp_path: Path, analysis_cache_dir: Path) -> Ktrace:
     """A ktracecli runner whose config file lives in this test's tmp_path."""
     work = tmp_path / "cwd"
     work.mkdir()
-    return Ktrace(tmp_path / "ktracecli.toml", work)
+    return Ktrace(tmp_path / "ktracecli.toml", work, analysis_cache_dir)
 
 
 # --------------------------------------------------------------------------- show output

@@ -15,6 +15,8 @@ does not fit is dropped and counted by the producers, never lost silently).
 
 from __future__ import annotations
 
+import mmap
+import os
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +30,10 @@ from ktracecli.errors import DataError
 CHUNK = 8 << 20
 #: default most memory held by staged data (a second of 50 million 16-byte events)
 DEFAULT_LIMIT = 1 << 30
+#: buffers the writer thread keeps allocated and ready for the consumer
+SPARES = 8
+#: the writer thread's nice value: behind the consumer thread when both want the CPU
+WRITER_NICE = 10
 
 
 class Sink(Protocol):
@@ -36,6 +42,12 @@ class Sink(Protocol):
     def write_now(self, data: memoryview) -> None:
         """Write ``data`` at the end of the file (called from the writer thread only)."""
         ...
+
+
+def _new_buffer() -> np.ndarray:
+    """A staging buffer faulted in by the kernel in one go (MAP_POPULATE), not page by page under a memcpy."""
+    memory = mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0))
+    return np.frombuffer(memory, dtype=np.uint8)
 
 
 @dataclass
@@ -105,7 +117,16 @@ class Spool:
             if self._free:
                 return self._free.pop()
             self._allocated += CHUNK
-        return np.empty(CHUNK, dtype=np.uint8)
+        return _new_buffer()
+
+    def _top_up(self) -> None:
+        """Keep :data:`SPARES` buffers ready, so that the consumer seldom allocates one itself."""
+        while True:
+            with self._pool_lock:
+                if len(self._free) >= SPARES or self._allocated + CHUNK > self.limit:
+                    return
+                self._allocated += CHUNK
+            self._give_back(_new_buffer())
 
     def _give_back(self, data: np.ndarray) -> None:
         with self._pool_lock:
@@ -113,7 +134,15 @@ class Spool:
             self._pool_lock.notify()
 
     def _run(self) -> None:
+        try:  # the consumer copying rings must win the CPU over the disk writes it feeds
+            os.sched_setscheduler(threading.get_native_id(), os.SCHED_IDLE, os.sched_param(0))
+        except (OSError, AttributeError):
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICE)
+            except OSError:
+                pass
         while True:
+            self._top_up()
             buf = self._queue.get()
             if buf is None:
                 return

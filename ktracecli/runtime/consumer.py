@@ -75,7 +75,7 @@ class Consumer:
     def _run(self) -> None:
         busy = False
         while not self._stop.wait(0 if busy else self.interval):
-            # a ring that was an eighth full is drained again at once, not after a nap
+            # a ring that had 1/64 of its capacity to give is drained again at once, not after a nap
             busy = self.drain() > 0 and self._backlog
 
     def drain(self) -> int:
@@ -130,7 +130,7 @@ class Consumer:
         commits -= np.arange(count, dtype=np.uint32)
         bad = np.flatnonzero(commits != np.uint32((tail + 1) & COMMIT_MASK))
         complete = int(bad[0]) if len(bad) else count
-        if complete * 8 >= cap:
+        if complete * 64 >= cap:
             self._backlog = True
         take1 = min(complete, first)
         comm = proc.comms.get(tid)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ktracecli.arch.x86_64 import X86
     from ktracecli.elf.image import ElfImage
 
-    from .analysis import CallSite
+    from .site import CallSite
 
 #: push r11 (2) + lea r11, [rsp+16] (5) or [rbp+8] (4) + push imm32 (5) + call rel32 (5) + pop r11 (2) + ret (1)
 STUB_SIZE = 20
@@ -96,7 +96,7 @@ class McountEngine:
             ret,
         )
 
-        from .analysis import CALL_LENGTH, MAX_SINGLE, Slot
+        from .site import CALL_LENGTH, MAX_SINGLE, Slot
 
         call = _call(site)
         if not 0 <= index <= 0xFFFFFFFF:

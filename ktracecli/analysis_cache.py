@@ -16,19 +16,23 @@ import os
 import pickle
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ktracecli import __version__
-from ktracecli.elf.image import ElfImage
+from ktracecli.elf.ident import ElfIdent, read_ident
 from ktracecli.interface import Analysis, Engine
+
+if TYPE_CHECKING:
+    from ktracecli.elf.image import ElfImage
 
 CACHE_ENV = "KTRACECLI_CACHE_DIR"
 
 
-def cache_dir() -> Path:
-    """Where analyses are kept (``KTRACECLI_CACHE_DIR`` overrides; empty disables)."""
+def cache_dir() -> Path | None:
+    """Where analyses are kept (``KTRACECLI_CACHE_DIR`` overrides; empty disables: None)."""
     explicit = os.environ.get(CACHE_ENV)
     if explicit is not None:
-        return Path(explicit)
+        return Path(explicit) if explicit else None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "ktracecli" / "analysis"
 
@@ -43,7 +47,7 @@ def _engine_version(engine: Engine) -> str:
     return f"{__version__}|{type(engine).__qualname__}|{stamp}"
 
 
-def _key(engine: Engine, image: ElfImage) -> str:
+def _key(engine: Engine, image: "ElfImage | ElfIdent") -> str:
     ident = image.build_id
     if not ident:
         st = os.stat(image.path)
@@ -52,26 +56,51 @@ def _key(engine: Engine, image: ElfImage) -> str:
     return f"{engine.name}-{digest}.pickle"
 
 
-def analyze(engine: Engine, image: ElfImage) -> Analysis:
+def analyze(engine: Engine, image: "ElfImage") -> Analysis:
     """``engine.analyze(image)``, from the cache when it holds this very file."""
+    cached = _load(engine, image)
+    if cached is not None:
+        return cached
+    analysis = engine.analyze(image)
+    _store(engine, image, analysis)
+    return analysis
+
+
+def analyze_path(engine: Engine, path: str) -> tuple[ElfIdent, Analysis]:
+    """The analysis of the file at ``path``; on a cache hit the file is only identified, never parsed."""
+    ident = read_ident(path)
+    cached = _load(engine, ident)
+    if cached is not None:
+        return ident, cached
+    from ktracecli.elf.image import ElfImage  # pyelftools and numpy, on a miss only
+
+    with ElfImage.open(path) as image:
+        return ident, analyze(engine, image)
+
+
+def _load(engine: Engine, image: "ElfImage | ElfIdent") -> Analysis | None:
     folder = cache_dir()
-    if not str(folder):
-        return engine.analyze(image)
-    path = folder / _key(engine, image)
+    if folder is None:
+        return None
     try:
-        with open(path, "rb") as f:
+        with open(folder / _key(engine, image), "rb") as f:
             cached = pickle.load(f)
         if isinstance(cached, Analysis):
             return cached
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError):
         pass
-    analysis = engine.analyze(image)
+    return None
+
+
+def _store(engine: Engine, image: "ElfImage", analysis: Analysis) -> None:
+    folder = cache_dir()
+    if folder is None:
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
         with os.fdopen(fd, "wb") as f:
             pickle.dump(analysis, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        os.replace(tmp, folder / _key(engine, image))
     except OSError:
         pass  # a read-only or full cache only costs time
-    return analysis

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 
 from ktracecli import analysis_cache
-from ktracecli.elf.image import ElfImage
+from ktracecli.elf.ident import read_ident
 from ktracecli.elf.libsearch import find_module
 from ktracecli.errors import NoMatchError
 from ktracecli.interface import Analysis, Engine
@@ -32,8 +32,8 @@ def program_path(program: str) -> str:
 
 
 def _analyze(path: str, engine: Engine) -> ModuleAnalysis:
-    with ElfImage.open(path) as image:
-        return ModuleAnalysis(image.path, image.name, analysis_cache.analyze(engine, image))
+    ident, analysis = analysis_cache.analyze_path(engine, path)
+    return ModuleAnalysis(ident.path, ident.name, analysis)
 
 
 def available(program: str, engine: Engine, module_glob: str | None) -> list[ModuleAnalysis]:
@@ -49,8 +49,7 @@ def available(program: str, engine: Engine, module_glob: str | None) -> list[Mod
         return [_analyze(path, engine)]
     if "/" in module_glob:
         return [_analyze(module_glob, engine)]
-    with ElfImage.open(path) as image:
-        libraries = find_module(image, module_glob)
+    libraries = find_module(read_ident(path), module_glob)
     if not libraries:
         raise NoMatchError(f"no library matching {module_glob} in {program}")
     return [_analyze(lib, engine) for lib in libraries]

@@ -25,8 +25,14 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ktracecli.errors import DataError, UsageError
+from ktracecli.spool import Spool
 
 FORMAT_VERSION = 1
+#: event files grow by reserving this much disk at a time (posix_fallocate): block
+#: allocation while writing made page-cache writes 10 times slower (0.3 GB/s against
+#: 2.5-4 GB/s with the blocks reserved first) on ext4 here, too slow for a burst
+#: of tens of millions of events a second
+PREALLOCATE = 64 << 20
 
 
 @dataclass
@@ -38,10 +44,36 @@ class _ThreadFile:
     handle: BinaryIO
     records: int = 0
     lost: list[tuple[int, int]] = field(default_factory=list)
+    nbytes: int = 0
+    reserved: int = 0
+
+    def write_now(self, data: memoryview) -> None:
+        """Write ``data`` at the end, reserving disk blocks ahead of it in big steps (writer thread)."""
+        end = self.nbytes + data.nbytes
+        if end > self.reserved >= 0:
+            step = max(PREALLOCATE, end - self.reserved, self.nbytes // 4)
+            try:
+                os.posix_fallocate(self.handle.fileno(), self.reserved, step)
+                self.reserved += step
+            except OSError:
+                self.reserved = -1  # no reservation (file system without it, or full): plain writes
+        self.handle.write(data)
+        self.nbytes = end
+
+    def close(self) -> None:
+        """Close the file, giving back the blocks reserved past its end."""
+        if self.reserved > self.nbytes:
+            self.handle.flush()
+            os.ftruncate(self.handle.fileno(), self.nbytes)
+        self.handle.close()
 
 
 class DataWriter:
-    """Streams records into a new data directory and publishes it when complete."""
+    """Streams records into a new data directory and publishes it when complete.
+
+    Records are staged in memory and written by a writer thread (:mod:`ktracecli.spool`),
+    so :meth:`append` costs a memcpy, whatever the disk does.
+    """
 
     def __init__(self, target: Path) -> None:
         self.target = target
@@ -54,6 +86,7 @@ class DataWriter:
         (self.tmp / "symbols").mkdir()
         self._threads: dict[tuple[int, int], _ThreadFile] = {}
         self.bytes_written = 0
+        self._spool = Spool()
 
     def thread(self, pid: int, tid: int, comm: str) -> _ThreadFile:
         """The open stream of one thread, created on first use."""
@@ -61,7 +94,7 @@ class DataWriter:
         stream = self._threads.get(key)
         if stream is None:
             name = f"events/{pid}-{tid}.bin"
-            stream = _ThreadFile(pid, tid, comm, name, open(self.tmp / name, "ab"))
+            stream = _ThreadFile(pid, tid, comm, name, open(self.tmp / name, "wb"))
             self._threads[key] = stream
         return stream
 
@@ -71,7 +104,7 @@ class DataWriter:
         if lost:
             stream.lost.append((stream.records + lost_at, lost))
         if len(records):
-            stream.handle.write(records.view(np.uint8).data)
+            self._spool.put(stream, records.view(np.uint8).data)
             stream.records += len(records)
             self.bytes_written += records.nbytes
 
@@ -92,9 +125,10 @@ class DataWriter:
 
     def finish(self, info: dict[str, Any]) -> None:
         """Close the streams, write the metadata and move the directory into place."""
+        self._spool.close()
         threads = []
         for t in self._threads.values():
-            t.handle.close()
+            t.close()
             threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "events": t.name,
                             "records": t.records, "lost": t.lost})
         self.write_json("threads.json", threads)
@@ -109,8 +143,12 @@ class DataWriter:
 
     def abandon(self) -> None:
         """Remove the partial directory."""
+        try:
+            self._spool.close()
+        except DataError:
+            pass
         for t in self._threads.values():
-            t.handle.close()
+            t.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

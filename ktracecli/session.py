@@ -10,6 +10,7 @@ threads and children until it exits, draining the rings as it runs.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -219,6 +220,7 @@ class Recorder:
 
     def _record(self, writer: DataWriter, main_name: str) -> RecordResult:
         start = clock.sample()
+        setup_start = time.perf_counter()
         tracee = spawn(self.path, self.settings.argv)
         try:
             entry = tracee.auxv(AT_ENTRY)
@@ -261,6 +263,7 @@ class Recorder:
         consumer.start()
         supervisor = Supervisor(tracee, consumer, rings, scratch, self.tracer.record_dtype,
                                 installer.installed.in_order())
+        setup_s = time.perf_counter() - setup_start
         status = supervisor.run()
         consumer.stop()
         tracee.close()
@@ -280,6 +283,9 @@ class Recorder:
             "traced": traced, "refused": plan.refused, "events": writer.events, "lost": lost,
             "exit_status": status,
             "max_graph_depth": self.settings.max_graph_depth, "tracing_thresh": self.settings.tracing_thresh,
+            # for bench/: time from fork to resuming the patched program, and ktracecli's peak memory
+            "setup_s": round(setup_s, 6),
+            "ktracecli_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         })
         return RecordResult(status, self.engine.name, traced, plan.refused, writer.events, lost)
 

@@ -71,6 +71,11 @@ class Symbolizer:
 
     def names(self, addrs: np.ndarray) -> list[str]:
         """The function name containing each address, or the address in hex."""
+        ids, names = self.name_ids(addrs)
+        return [names[i] for i in ids.tolist()]
+
+    def name_ids(self, addrs: np.ndarray) -> tuple[np.ndarray, list[str]]:
+        """For each address, an index into the returned list of names (function name, or hex address)."""
         addrs = addrs.astype(np.uint64)
         unique, inverse = np.unique(addrs, return_inverse=True)
         result = [f"0x{int(a):x}" for a in unique]
@@ -85,4 +90,4 @@ class Symbolizer:
             j = int(np.searchsorted(vaddr, rel, side="right")) - 1
             if j >= 0 and rel < end[j]:
                 result[k] = names[j]
-        return [result[i] for i in inverse]
+        return inverse.reshape(-1).astype(np.int64), result

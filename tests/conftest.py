@@ -33,6 +33,8 @@ class Variant:
 
     name: str
     flags: tuple[str, ...]
+    #: the C compiler (gcc unless a test asks for clang's own forms of a feature)
+    compiler: str = "gcc"
 
     @property
     def pie(self) -> bool:
@@ -73,11 +75,14 @@ class Builder:
         if key in self._built:
             return self._built[key]
         source = PROGRAMS_DIR / f"{program}.c"
-        compiler = self.gcc
+        exe = self.build_dir / f"{program}-{variant.name}"
+        compiler = self.gcc if variant.compiler == "gcc" else shutil.which(variant.compiler)
         if not source.exists() and source.with_suffix(".cc").exists():
             source = source.with_suffix(".cc")
-            compiler = shutil.which("g++") or pytest.fail("g++ is required to build the C++ test programs")
-        exe = self.build_dir / f"{program}-{variant.name}"
+            compiler = shutil.which("g++" if variant.compiler == "gcc" else f"{variant.compiler}++")
+        if compiler is None:
+            pytest.fail(f"{variant.compiler} is required to build {program}-{variant.name} and is not "
+                        "on PATH (scripts/setup.sh installs it when run as root)")
         cmd = [compiler, "-Wall", "-Wextra", "-Werror", *variant.flags, "-pthread",
                "-o", str(exe), str(source)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -181,11 +186,13 @@ def parse_summary(stderr: str) -> Summary:
 class Ktrace:
     """Runs ``python -m ktracecli --config CFG ...`` as a subprocess, with a private config."""
 
-    def __init__(self, config: Path, cwd: Path) -> None:
+    def __init__(self, config: Path, cwd: Path, cache: Path | None = None) -> None:
         self.config = config
         self.cwd = cwd
         self.env = dict(os.environ)
         self.env["KTRACECLI_CONFIG"] = str(config)
+        if cache is not None:  # never the user's own ~/.cache
+            self.env["KTRACECLI_CACHE_DIR"] = str(cache)
         self.env.pop("PYTHONWARNINGS", None)
 
     def argv(self, *args: str | os.PathLike[str]) -> list[str]:
@@ -229,12 +236,18 @@ class Ktrace:
         return parse_show(self.ok("show", data_dir).stdout)
 
 
+@pytest.fixture(scope="session")
+def analysis_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One analysis cache for the whole test session (libc is analysed once, not per test)."""
+    return tmp_path_factory.mktemp("analysis-cache")
+
+
 @pytest.fixture
-def ktrace(tmp_path: Path) -> Ktrace:
+def ktrace(tmp_path: Path, analysis_cache_dir: Path) -> Ktrace:
     """A ktracecli runner whose config file lives in this test's tmp_path."""
     work = tmp_path / "cwd"
     work.mkdir()
-    return Ktrace(tmp_path / "ktracecli.toml", work)
+    return Ktrace(tmp_path / "ktracecli.toml", work, analysis_cache_dir)
 
 
 # --------------------------------------------------------------------------- show output

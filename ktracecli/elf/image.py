@@ -19,6 +19,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 from elftools.elf.segments import InterpSegment, NoteSegment
 
+from ktracecli.elf.ident import read_ident
 from ktracecli.errors import ProgramError
 from ktracecli.model import Binding, Symbol
 
@@ -82,33 +83,16 @@ class ElfImage:
     def open(cls, path: str) -> "ElfImage":
         """Parse ``path``; raise :class:`ProgramError` (one line) unless it is a readable x86_64 ELF."""
         path = os.fspath(path)
-        if not os.path.exists(path):
-            raise ProgramError(f"no such program: {path}")
-        if os.path.isdir(path):
-            raise ProgramError(f"{path} is a directory, not a program")
+        read_ident(path)  # the one-line reasons: missing, not ELF, 32-bit, other machine, object file
         try:
             stream = open(path, "rb")
         except OSError as exc:
             raise ProgramError(f"cannot read {path}: {exc.strerror}") from None
         try:
-            magic = stream.read(5)
-            if magic[:4] != b"\x7fELF":
-                raise ProgramError(f"{path} is not an ELF file")
-            if magic[4:5] == b"\x01":
-                raise ProgramError(f"{path} is a 32-bit ELF; ktracecli traces x86_64 programs")
-            stream.seek(0)
-            try:
-                elf = ELFFile(stream)
-            except ELFError as exc:
-                raise ProgramError(f"{path} is a corrupt ELF file: {exc}") from None
-            if elf["e_machine"] != "EM_X86_64":
-                machine = str(elf["e_machine"]).removeprefix("EM_")
-                raise ProgramError(f"{path} is an ELF for {machine}; ktracecli traces x86_64 programs")
-            if elf["e_type"] not in ("ET_EXEC", "ET_DYN"):
-                raise ProgramError(f"{path} is an ELF {elf['e_type']}, not a program or shared library")
-        except BaseException:
+            elf = ELFFile(stream)
+        except ELFError as exc:
             stream.close()
-            raise
+            raise ProgramError(f"{path} is a corrupt ELF file: {exc}") from None
         return cls(path, stream, elf)
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import functools
 import os
 import subprocess
 
-from ktracecli.elf.image import ElfImage
+from ktracecli.elf.ident import ElfIdent, read_ident
 from ktracecli.errors import ProgramError
 
 DEFAULT_DIRS = ("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/lib64", "/usr/lib64",
@@ -45,7 +45,7 @@ def _usable(path: str) -> bool:
     if not os.path.isfile(path):
         return False
     try:
-        ElfImage.open(path).close()
+        read_ident(path)
     except ProgramError:
         return False
     return True
@@ -70,10 +70,10 @@ def _find(soname: str, runpath: list[str]) -> str | None:
     return None
 
 
-def resolve_needed(image: ElfImage) -> dict[str, str]:
+def resolve_needed(image: ElfIdent) -> dict[str, str]:
     """soname -> path for the transitive DT_NEEDED closure of ``image`` (unresolvable names are left out)."""
     found: dict[str, str] = {}
-    queue: list[ElfImage] = [image]
+    queue: list[ElfIdent] = [image]
     seen: set[str] = set()
     while queue:
         current = queue.pop(0)
@@ -81,17 +81,15 @@ def resolve_needed(image: ElfImage) -> dict[str, str]:
             if soname in seen:
                 continue
             seen.add(soname)
-            path = _find(soname, current.runpath)
+            path = _find(soname, list(current.runpath))
             if path is None:
                 continue
             found[soname] = path
-            queue.append(ElfImage.open(path))
-        if current is not image:
-            current.close()
+            queue.append(read_ident(path))
     return found
 
 
-def find_module(image: ElfImage, name_glob: str) -> list[str]:
+def find_module(image: ElfIdent, name_glob: str) -> list[str]:
     """Paths of the libraries of ``image``'s closure whose basename or soname matches ``name_glob``."""
     out: list[str] = []
     for soname, path in resolve_needed(image).items():

@@ -74,7 +74,7 @@ class Consumer:
     def _run(self) -> None:
         busy = False
         while not self._stop.wait(0 if busy else self.interval):
-            # a ring that was an eighth full is drained again at once, not after a nap
+            # a ring that had 1/64 of its capacity to give is drained again at once, not after a nap
             busy = self.drain() > 0 and self._backlog
 
     def drain(self) -> int:
@@ -124,11 +124,9 @@ class Consumer:
         count = head - tail
         first = min(count, cap - start)
         # commit words first, then the records they vouch for (x86 keeps loads in order)
-        rule = commit_word(proc.dtype)
-        commits = np.concatenate((rule.values(ring[start:start + first]), rule.values(ring[:count - first])))
-        bad = np.flatnonzero(commits != rule.expected(tail, count, proc.rings.layout.capacity_bits))
-        complete = int(bad[0]) if len(bad) else count
-        if complete * 8 >= cap:
+        complete = commit_word(proc.dtype).complete(ring[start:start + first], ring[:count - first], tail,
+                                                    proc.rings.layout.capacity_bits)
+        if complete * 64 >= cap:
             self._backlog = True
         take1 = min(complete, first)
         comm = proc.comms.get(tid)

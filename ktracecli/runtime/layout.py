@@ -150,16 +150,33 @@ class CommitWord:
     mask: int = 0xFFFFFFFF
     per_lap: bool = False
 
-    def expected(self, first: int, count: int, capacity_bits: int) -> np.ndarray:
-        """The commit values that records ``first .. first+count-1`` must hold."""
-        index = np.arange(first, first + count, dtype=np.uint64)
-        if self.per_lap:
-            index >>= np.uint64(capacity_bits)
-        return (index + np.uint64(1)) & np.uint64(self.mask)
-
     def values(self, records: np.ndarray) -> np.ndarray:
-        """The commit values ``records`` hold."""
-        return (records[self.field].astype(np.uint64) >> np.uint64(self.shift)) & np.uint64(self.mask)
+        """The commit values ``records`` hold (a u4 field)."""
+        words = records[self.field]
+        if self.shift:
+            words = words >> np.uint32(self.shift)
+        return words & np.uint32(self.mask) if self.mask != 0xFFFFFFFF else words.copy()
+
+    def complete(self, before: np.ndarray, after: np.ndarray, tail: int, capacity_bits: int) -> int:
+        """How many records from index ``tail`` on are complete (the position of the first that is not).
+
+        ``before`` holds the records from ``tail`` to the end of the ring,
+        ``after`` those that follow from its start (the next lap).
+        """
+        first = len(before)
+        if self.per_lap:
+            lap = tail >> capacity_bits
+            for offset, part, expect in ((0, before, lap + 1), (first, after, lap + 2)):
+                bad = np.flatnonzero(self.values(part) != np.uint32(expect & self.mask))
+                if len(bad):
+                    return offset + int(bad[0])
+            return first + len(after)
+        commits = np.concatenate((self.values(before), self.values(after)))
+        # record tail+k is complete when its commit word is (tail + 1 + k) mod 2**32
+        commits -= np.arange(len(commits), dtype=np.uint32)
+        commits &= np.uint32(self.mask)
+        bad = np.flatnonzero(commits != np.uint32((tail + 1) & self.mask))
+        return int(bad[0]) if len(bad) else len(commits)
 
 
 def commit_word(dtype: np.dtype) -> CommitWord:

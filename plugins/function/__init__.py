@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, TextIO
 
-import numpy as np
-
 from ktracecli.hookspecs import hookimpl
 from ktracecli.interface import ShowSettings
-from ktracecli_function.handler import RECORD_DTYPE, handler_source
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ktracecli.datadir import TraceData
     from ktracecli.registry import Registry
     from ktracecli.runtime.layout import RuntimeLayout
@@ -21,10 +20,17 @@ class FunctionTracer:
 
     name: ClassVar[str] = "function"
     description: ClassVar[str] = "one line per traced call, with its caller"
-    record_dtype: ClassVar[np.dtype] = RECORD_DTYPE
+
+    @property
+    def record_dtype(self) -> "np.dtype":
+        """The 24-byte record of :mod:`ktracecli_function.handler` (numpy is imported on first use,
+        so that registering the tracer costs nothing)."""
+        from ktracecli_function.handler import RECORD_DTYPE
+        return RECORD_DTYPE
 
     def handler_source(self, layout: "RuntimeLayout") -> str:
         """Assembly of the handler that writes one record per call."""
+        from ktracecli_function.handler import handler_source
         return handler_source(layout)
 
     def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:

@@ -26,6 +26,7 @@ from typing import TextIO
 
 import numpy as np
 
+from ktracecli import render
 from ktracecli.datadir import TraceData
 from ktracecli.symbols import Symbolizer
 from ktracecli_function.handler import RECORD_DTYPE
@@ -48,8 +49,12 @@ def timestamps_ns(data: TraceData, tsc: np.ndarray) -> np.ndarray:
     return np.int64(cal["ns0"]) + np.round(delta * float(cal["ns_per_tick"])).astype(np.int64)
 
 
-def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
-    """Write the whole trace: header, then events merged by time, with lost-event lines."""
+def write_trace(data: TraceData, out: TextIO, chunk: int = 1 << 17) -> None:
+    """Write the whole trace: header, then events merged by time, with lost-event lines.
+
+    Lines are rendered a batch at a time with numpy (:mod:`ktracecli.render`), never
+    one Python statement per record.
+    """
     threads = [t for t in data.threads if len(t.records) or t.lost]
     records = [t.records.view(RECORD_DTYPE) for t in threads]
     entries = sum(len(r) for r in records)
@@ -60,41 +65,62 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
     if not threads:
         return
     all_records = np.concatenate(records) if records else np.zeros(0, RECORD_DTYPE)
-    owner = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, r in enumerate(records)])
-    local = np.concatenate([np.arange(len(r), dtype=np.int64) for r in records])
+    owner = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, r in enumerate(records)])
     ns = timestamps_ns(data, all_records["tsc"])
     order = np.argsort(ns, kind="stable")
-    lost_before: dict[tuple[int, int], int] = {}
+    # lost-event lines go before the record at which each thread's loss was noticed
+    offsets = np.cumsum([0] + [len(r) for r in records])
+    lost_at: dict[int, int] = {}
     trailing: list[tuple[int, int]] = []
     for i, t in enumerate(threads):
         for at, count in t.lost:
             if at < len(records[i]):
-                lost_before[(i, at)] = lost_before.get((i, at), 0) + count
+                lost_at[int(offsets[i]) + at] = lost_at.get(int(offsets[i]) + at, 0) + count
             else:
                 last_cpu = int(records[i]["parent"][-1]) >> 48 if len(records[i]) else 0
                 trailing.append((last_cpu, count))
-    tasks = [f"{t.comm[:16]:>16}-{t.tid:<7d}" for t in threads]
-    site_names = data.sites
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    breaks = sorted((int(rank[g]), g) for g in lost_at)
+    tasks = render.table([f"{t.comm[:16]:>16}-{t.tid:<7d} [" for t in threads])
     symbolizer = Symbolizer(data)
-    for lo in range(0, len(order), chunk):
-        idx = order[lo:lo + chunk]
-        rec = all_records[idx]
-        parent = rec["parent"]
-        cpus = (parent >> np.uint64(48)).astype(np.int64).tolist()
-        parents = symbolizer.names(parent & np.uint64(ADDR_MASK))
-        usecs = ((ns[idx] + 500) // 1000).tolist()
-        owners = owner[idx].tolist()
-        locals_ = local[idx].tolist()
-        sites = rec["site"].tolist()
-        lines = []
-        for k in range(len(idx)):
-            if lost_before:
-                count = lost_before.get((owners[k], locals_[k]))
-                if count:
-                    lines.append(f"CPU:{cpus[k]} [LOST {count} EVENTS]\n")
-            us = usecs[k]
-            lines.append(f"{tasks[owners[k]]} [{cpus[k]:03d}]  {us // 1000000:5d}.{us % 1000000:06d}: "
-                         f"{site_names[sites[k]]} <-{parents[k]}\n")
-        out.write("".join(lines))
+    site_names = data.sites
+    lo = 0
+    for stop, global_index in [*breaks, (len(order), -1)]:
+        for start in range(lo, stop, chunk):
+            out.write(_lines(order[start:min(stop, start + chunk)], all_records, owner, ns, tasks,
+                             site_names, symbolizer).decode())
+        if global_index >= 0:
+            cpu = int(all_records["parent"][global_index]) >> 48
+            out.write(f"CPU:{cpu} [LOST {lost_at[global_index]} EVENTS]\n")
+        lo = stop
     for cpu, count in trailing:
         out.write(f"CPU:{cpu} [LOST {count} EVENTS]\n")
+
+
+def _lines(idx: np.ndarray, all_records: np.ndarray, owner: np.ndarray, ns: np.ndarray, tasks: np.ndarray,
+           site_names: list[str], symbolizer: Symbolizer) -> bytes:
+    """The lines of the records ``idx``: ``"%16s-%-7d [%03d]  %5lu.%06lu: func <-parent"``."""
+    n = len(idx)
+    if not n:
+        return b""
+    rec = all_records[idx]
+    parent = rec["parent"]
+    cpus = (parent >> np.uint64(48)).astype(np.int64)
+    parent_ids, parent_names = symbolizer.name_ids(parent & np.uint64(ADDR_MASK))
+    usecs = (ns[idx] + 500) // 1000
+    # one "func <-parent\n" string per distinct (function, caller) pair of the batch
+    key = rec["site"].astype(np.int64) * len(parent_names) + parent_ids
+    pairs, which = np.unique(key, return_inverse=True)
+    calls = render.table([f"{site_names[int(k) // len(parent_names)]} <-{parent_names[int(k) % len(parent_names)]}\n"
+                          for k in pairs.tolist()])
+    return render.join_rows([
+        render.pick(tasks, owner[idx]),
+        render.decimal(cpus, 3, "0"),
+        render.constant("]  ", n),
+        render.decimal(usecs // 1_000_000, 5),
+        render.constant(".", n),
+        render.decimal(usecs % 1_000_000, 6, "0"),
+        render.constant(": ", n),
+        render.pick(calls, which.reshape(-1)),
+    ])

@@ -16,13 +16,12 @@ from __future__ import annotations
 import fnmatch
 from typing import TYPE_CHECKING, ClassVar, TextIO
 
-import numpy as np
-
 from ktracecli.hookspecs import hookimpl
 from ktracecli.interface import RuntimeCode, ShowSettings
-from ktracecli_function_graph.records import RECORD_DTYPE
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from ktracecli.datadir import TraceData
     from ktracecli.registry import Registry
     from ktracecli.runtime.layout import RuntimeLayout
@@ -50,7 +49,14 @@ class FunctionGraphTracer:
 
     name: ClassVar[str] = "function_graph"
     description: ClassVar[str] = "nested calls with their durations (return hooking)"
-    record_dtype: ClassVar[np.dtype] = RECORD_DTYPE
+
+    @property
+    def record_dtype(self) -> "np.dtype":
+        """The 16-byte record of :mod:`ktracecli_function_graph.records` (numpy is imported on
+        first use, so that registering the tracer costs nothing)."""
+        from ktracecli_function_graph.records import RECORD_DTYPE
+
+        return RECORD_DTYPE
 
     def handler_source(self, layout: "RuntimeLayout") -> str:
         """Assembly of the entry handler (needs ``layout.runtime`` and ``layout.private``)."""

@@ -31,18 +31,12 @@ from ktracecli.elf.image import ElfImage
 from ktracecli.interface import Analysis, FunctionSite
 from ktracecli.model import Binding, Refusal, Symbol
 
+from .site import KtraceSite
+
 PATCH_SIZE = 5
 ENDBR64 = b"\xf3\x0f\x1e\xfa"
 #: most entries read from one jump table
 MAX_TABLE_ENTRIES = 4096
-
-
-@dataclass(frozen=True)
-class KtraceSite(FunctionSite):
-    """A patchable function: ``window`` is the original bytes displaced from ``window_vaddr`` (>= 5)."""
-
-    window_vaddr: int = 0
-    window: bytes = b""
 
 
 def canonical_order(sym: Symbol) -> tuple[int, int, int, str]:

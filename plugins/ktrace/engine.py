@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from ktracecli.arch import shared_x86
 from ktracecli.errors import PatchError
 from ktracecli.interface import Analysis, FunctionSite
 from ktracecli.model import Patch
@@ -31,16 +32,10 @@ class KtraceEngine:
     description: ClassVar[str] = ("patch function entries in place (jmp to a detour that relocates the "
                                   "displaced instructions); needs no special build")
 
-    def __init__(self) -> None:
-        self._x86: X86 | None = None
-
     @property
     def x86(self) -> "X86":
         """The shared decoder (created on first use)."""
-        if self._x86 is None:
-            from ktracecli.arch.x86_64 import X86
-            self._x86 = X86()
-        return self._x86
+        return shared_x86()
 
     def analyze(self, image: "ElfImage") -> Analysis:
         """Every function of ``image`` that is safe to patch, and a reason for each one that is not."""

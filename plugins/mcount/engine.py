@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
+from ktracecli.arch import shared_x86
 from ktracecli.errors import PatchError
 from ktracecli.interface import Analysis, FunctionSite
 from ktracecli.model import Patch
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from ktracecli.arch.x86_64 import X86
     from ktracecli.elf.image import ElfImage
 
-    from .analysis import CallSite
+    from .site import CallSite
 
 #: push r11 (2) + lea r11, [rsp+16] (5) or [rbp+8] (4) + push imm32 (5) + call rel32 (5) + pop r11 (2) + ret (1)
 STUB_SIZE = 20
@@ -31,16 +32,10 @@ class McountEngine:
     description: ClassVar[str] = ("use the call sites the compiler put at function entries (-pg, -mfentry, "
                                   "-mnop-mcount, -fpatchable-function-entry): NOPs until traced")
 
-    def __init__(self) -> None:
-        self._x86: X86 | None = None
-
     @property
     def x86(self) -> "X86":
         """The shared decoder (created on first use)."""
-        if self._x86 is None:
-            from ktracecli.arch.x86_64 import X86
-            self._x86 = X86()
-        return self._x86
+        return shared_x86()
 
     def analyze(self, image: "ElfImage") -> Analysis:
         """Every function of ``image`` with a usable call site, and a reason for each one without."""
@@ -96,7 +91,7 @@ class McountEngine:
             ret,
         )
 
-        from .analysis import CALL_LENGTH, MAX_SINGLE, Slot
+        from .site import CALL_LENGTH, MAX_SINGLE, Slot
 
         call = _call(site)
         if not 0 <= index <= 0xFFFFFFFF:

@@ -18,7 +18,11 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#ifdef __clang__
+#define TRACED __attribute__((noinline)) /* clang has no noipa */
+#else
 #define TRACED __attribute__((noipa))
+#endif
 #define BARRIER() __asm__ volatile("" ::: "memory")
 #define COUNT(name) __atomic_fetch_add(&count_##name, 1, __ATOMIC_RELAXED)
 #define MAX_THREADS 8

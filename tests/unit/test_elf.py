@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ktracecli.elf import ElfImage
+from ktracecli.elf.ident import read_ident
 from ktracecli.elf.libsearch import find_module, resolve_needed
 from ktracecli.errors import ProgramError
 from ktracecli.model import Binding
@@ -64,35 +65,41 @@ def built(tmp_path_factory: pytest.TempPathFactory, gcc: str) -> dict[str, Path]
 # ----------------------------------------------------------------------------- open
 
 
-def test_open_missing() -> None:
+@pytest.fixture(params=["ElfImage.open", "read_ident"])
+def opener(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Both readers: the full one and the light one that the analysis cache uses must agree."""
+    return ElfImage.open if request.param == "ElfImage.open" else read_ident
+
+
+def test_open_missing(opener) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ProgramError, match=r"^no such program: /nonexistent/prog$"):
-        ElfImage.open("/nonexistent/prog")
+        opener("/nonexistent/prog")
 
 
-def test_open_not_elf(tmp_path: Path) -> None:
+def test_open_not_elf(tmp_path: Path, opener) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "script.sh"
     path.write_text("#!/bin/sh\necho hi\n")
     with pytest.raises(ProgramError, match=r"script.sh is not an ELF file$"):
-        ElfImage.open(str(path))
+        opener(str(path))
 
 
-def test_open_32_bit(tmp_path: Path) -> None:
+def test_open_32_bit(tmp_path: Path, opener) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "old"
     path.write_bytes(b"\x7fELF\x01\x01\x01" + bytes(45))
     with pytest.raises(ProgramError, match=r"old is a 32-bit ELF; ktracecli traces x86_64 programs$"):
-        ElfImage.open(str(path))
+        opener(str(path))
 
 
-def test_open_other_machine(tmp_path: Path, built: dict[str, Path]) -> None:
+def test_open_other_machine(tmp_path: Path, built: dict[str, Path], opener) -> None:  # type: ignore[no-untyped-def]
     data = bytearray(built["exe"].read_bytes())
     data[18:20] = struct.pack("<H", 183)   # e_machine = EM_AARCH64
     path = tmp_path / "arm"
     path.write_bytes(bytes(data))
     with pytest.raises(ProgramError, match=r"arm is an ELF for AARCH64; ktracecli traces x86_64"):
-        ElfImage.open(str(path))
+        opener(str(path))
 
 
-def test_open_unreadable(tmp_path: Path, built: dict[str, Path]) -> None:
+def test_open_unreadable(tmp_path: Path, built: dict[str, Path], opener) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "secret"
     shutil.copy(built["exe"], path)
     path.chmod(0)
@@ -101,10 +108,10 @@ def test_open_unreadable(tmp_path: Path, built: dict[str, Path]) -> None:
         path.unlink()
         path.mkdir()
         with pytest.raises(ProgramError, match="is a directory"):
-            ElfImage.open(str(path))
+            opener(str(path))
     else:
         with pytest.raises(ProgramError, match="cannot read"):
-            ElfImage.open(str(path))
+            opener(str(path))
 
 
 # ----------------------------------------------------------------------------- headers
@@ -118,6 +125,23 @@ def test_shared_library_headers(built: dict[str, Path]) -> None:
     assert lib.needed == ["libc.so.6"]
     assert lib.build_id == "0123456789abcdef"
     assert lib.first_load_vaddr == 0
+
+
+@pytest.mark.parametrize("which", ["lib", "exe", "nopie", "static"])
+def test_light_ident_agrees_with_elfimage(built: dict[str, Path], which: str) -> None:
+    path = str(built[which])
+    with ElfImage.open(path) as image:
+        ident = read_ident(path)
+        assert (ident.is_pie, ident.build_id, list(ident.needed), ident.soname, list(ident.runpath)) == \
+               (image.is_pie, image.build_id, image.needed, image.soname, image.runpath)
+
+
+def test_light_ident_of_libc() -> None:
+    path = "/lib/x86_64-linux-gnu/libc.so.6"
+    with ElfImage.open(path) as image:
+        ident = read_ident(path)
+        assert ident.build_id and ident.build_id == image.build_id
+        assert ident.soname == "libc.so.6" and list(ident.needed) == image.needed
 
 
 def test_program_headers(built: dict[str, Path]) -> None:
@@ -183,14 +207,14 @@ def test_pointer_values_non_pie_scans_data(built: dict[str, Path]) -> None:
 
 
 def test_resolve_needed_uses_runpath_and_system(built: dict[str, Path]) -> None:
-    found = resolve_needed(ElfImage.open(str(built["exe"])))
+    found = resolve_needed(read_ident(str(built["exe"])))
     assert found["libkt.so.1"] == str(built["root"] / "lib" / "libkt.so.1")
     assert os.path.realpath(found["libc.so.6"]) == os.path.realpath("/lib/x86_64-linux-gnu/libc.so.6")
     assert "ld-linux-x86-64.so.2" in found
 
 
 def test_find_module_globs(built: dict[str, Path]) -> None:
-    exe = ElfImage.open(str(built["exe"]))
+    exe = read_ident(str(built["exe"]))
     assert find_module(exe, "libkt*") == [str(built["root"] / "lib" / "libkt.so.1")]
     assert [os.path.basename(p) for p in find_module(exe, "libc.so*")] == ["libc.so.6"]
     assert find_module(exe, "libnothing*") == []
@@ -204,4 +228,4 @@ def test_resolve_needed_ld_library_path(built: dict[str, Path], tmp_path: Path,
     exe = tmp_path / "main"
     shutil.copy(built["exe"], exe)   # its $ORIGIN/lib does not exist here
     monkeypatch.setenv("LD_LIBRARY_PATH", str(other))
-    assert resolve_needed(ElfImage.open(str(exe)))["libkt.so.1"] == str(other / "libkt.so.1")
+    assert resolve_needed(read_ident(str(exe)))["libkt.so.1"] == str(other / "libkt.so.1")

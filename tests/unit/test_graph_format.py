@@ -316,15 +316,26 @@ def test_per_thread_prints_each_thread_under_its_comm_tid() -> None:
 def test_record_is_16_bytes_and_commits_by_lap() -> None:
     assert RECORD_DTYPE.itemsize == 16
     assert commit_word(RECORD_DTYPE) is COMMIT
-    records = np.zeros(4, RECORD_DTYPE)
-    # capacity 2 (1 bit): records 4..7 are laps 2 and 3, committed as 3 and 4
-    records["info"] = np.array([3, 3, 4, 4], dtype=np.uint32) << 24 | 0x5A5
-    assert (COMMIT.values(records) == COMMIT.expected(4, 4, 1)).all()
-    assert not (COMMIT.values(records) == COMMIT.expected(6, 4, 1)).any()
+    # capacity 4 (2 bits); tail 6: records 6, 7 end lap 1 (commit 2), 8, 9 start lap 2 (commit 3)
+    before, after = np.zeros(2, RECORD_DTYPE), np.zeros(2, RECORD_DTYPE)
+    before["info"] = np.uint32(2 << 24 | 0x5A5)
+    after["info"] = np.uint32(3 << 24 | 0x5A5)
+    assert COMMIT.complete(before, after, 6, 2) == 4
+    after["info"][1] = 2 << 24  # a record of the lap before: not written yet
+    assert COMMIT.complete(before, after, 6, 2) == 3
+    before["info"][0] = 0  # never written
+    assert COMMIT.complete(before, after, 6, 2) == 0
+    wrapped = np.zeros(1, RECORD_DTYPE)
+    wrapped["info"] = np.uint32(0 << 24)  # lap 255 commits as 256 mod 256 = 0
+    assert COMMIT.complete(wrapped, wrapped[:0], 255 << 2, 2) == 1
 
 
 def test_default_commit_word_is_index_plus_one() -> None:
     dtype = np.dtype([("tsc", "<u8"), ("commit", "<u4")])
     rule = commit_word(dtype)
     assert rule == CommitWord()
-    assert list(rule.expected(2**32 - 2, 3, 20)) == [2**32 - 1, 0, 1]
+    ring = np.zeros(3, dtype)
+    ring["commit"] = [2**32 - 1, 0, 1]
+    assert rule.complete(ring[:2], ring[2:], 2**32 - 2, 20) == 3
+    ring["commit"][1] = 7
+    assert rule.complete(ring[:2], ring[2:], 2**32 - 2, 20) == 1

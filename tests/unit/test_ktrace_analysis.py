@@ -20,7 +20,8 @@ import pytest
 
 from ktracecli.elf import ElfImage
 from ktracecli.interface import Analysis
-from ktracecli_ktrace.analysis import KtraceSite, analyze, jump_table_targets
+from ktracecli_ktrace.analysis import analyze, jump_table_targets
+from ktracecli_ktrace.site import KtraceSite
 from ktracecli_ktrace.engine import STUB_HEAD_SIZE, KtraceEngine
 
 LIB_SOURCE = r"""

@@ -11,7 +11,8 @@ from ktracecli.arch.x86_64 import X86, Kind, frame_pointer_refusal
 from ktracecli.arch.x86_64.assembler import assemble
 from ktracecli.elf import ElfImage
 from ktracecli.interface import Analysis
-from ktracecli_mcount.analysis import NO_SITE, CallSite, Form, McountRefusal, McountSite, Slot, analyze
+from ktracecli_mcount.analysis import NO_SITE, analyze
+from ktracecli_mcount.site import CallSite, Form, McountRefusal, McountSite, Slot
 from ktracecli_mcount.engine import STUB_SIZE, McountEngine
 
 SOURCE = r"""

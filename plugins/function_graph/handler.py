@@ -4,7 +4,7 @@ Called through the handler ABI (ktracecli.interface) with r11 = S, the
 address of the traced function's return-address slot::
 
     before the handler                 after it
-    S:  <return into the caller>       S:  <the return trampoline>      (the caller's
+    S:  <return into the caller>       S:  <this thread's trampoline>   (the caller's
                                                                          address is in
     shadow stack: ... [top-1]          shadow stack: ... [top-1] [S, caller, tsc, site]
                                                                          the entry)
@@ -14,7 +14,7 @@ top entry (the caller's frame: its slot is above S), take the timestamp,
 reserve a shadow entry and then the ring record (two non-locked cmpxchg, one
 right after the other, so that a signal handler's records land on the right
 side of this one unless the signal comes between them), fill the entry, mark
-it complete, write the trampoline's address into S, and write the 16-byte
+it complete, write its slot's return trampoline into S, and write the 16-byte
 record.  No system call, lock or trap.
 
 Other paths:
@@ -48,7 +48,7 @@ from ktracecli_function_graph.shadow import (
     saved_bytes,
     shadow_asm,
     store_asm,
-    trampoline_addr,
+    trampoline_asm,
 )
 
 #: the site index, above the saved registers and the return into the engine stub
@@ -73,7 +73,6 @@ def _record(layout: RuntimeLayout, p: str, kind: Kind) -> str:
 
 def handler_source(layout: RuntimeLayout) -> str:
     """Keystone source of the handler (see ktracecli.interface for the ABI)."""
-    tramp = trampoline_addr(layout)
     thresh = layout.base + CTRL_TRACING_THRESH
     return f"""
     {save_asm()}
@@ -95,7 +94,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     cmp rcx, r11
     ja .Labove
     jb .Lbelow
-    movabs rax, {tramp:#x}
+    {trampoline_asm(layout, "rax", "rdx")}
     cmp qword ptr [r11], rax
     je .Lpush
     jmp .Lresync
@@ -140,7 +139,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov dword ptr [rdx+{E_SITE}], eax
     mov qword ptr [rdx+{E_TSC}], r9
     mov qword ptr [rdx+{E_SLOT}], r11
-    movabs rax, {tramp:#x}
+    {trampoline_asm(layout, "rax", "rdx")}
     mov qword ptr [r11], rax
     {_record(layout, "e", Kind.ENTRY)}
 .Lout:

@@ -2,16 +2,24 @@
 
 Placed once per process at ``layout.runtime``::
 
-    +0   .quad resync            the handlers call [runtime+0] (a slow path)
-    +8   return trampoline       every hooked return lands here
-    ...  resync routine
+    +0            .quad resync       the handlers call [runtime+0] (a slow path)
+    +8 + 16 * i   slot i's entry     the hooked returns of slot i's thread land here:
+                  48 8d 64 24 f8       lea rsp, [rsp-8]     ; S holds where to go
+                  50                   push rax
+                  68 <i:4>             push i
+                  e9 <rel32>           jmp trampoline
+    +8 + 16 * N   return trampoline  (N slots)
+    ...           resync routine
     then, from RuntimeHook sources, one routine per hooked library function
 
-The return trampoline, entered by the traced function's ``ret`` with
-rsp = S + 8 (S: the slot it returned through)::
+A return lands on its thread's own entry, so the trampoline knows the
+thread's slot without looking it up (no rdfsbase, no hash), and a thread
+whose fs base changed meanwhile (a static program setting up its TLS inside
+a traced call) still finds its frames.  Entered by the traced function's
+``ret`` with rsp = S + 8 (S: the slot it returned through)::
 
-    S+8 ->  caller's frame           lea rsp, [rsp-8]     ; S holds where to go
-    S:      <return target>  <----   save registers and flags below S
+    S+8 ->  caller's frame           (the entry: S cell, rax, slot index)
+    S:      <return target>  <----   save the flags and the registers below S
     S-8..:  saved registers          pop the entries of slot S (a tail-call group:
                                      each one's record; the first pushed holds
                                      the caller's address), closing any dead
@@ -26,10 +34,10 @@ caller, but every register is preserved (gcc -fipa-ra).
 
 Resynchronisation: an entry above S's group in the shadow stack is a frame
 that was left without returning (longjmp): it is closed (a CLOSED record).
-If this thread's shadow stack has no entry for S at all, every slot's is
-searched (a thread whose fs base changed, e.g. a static program setting up
-its TLS after a traced call began); if none has, the trampoline cannot know
-where to return: it says so on stderr and stops the program with ud2.
+If the shadow stack has no entry for S at all (only a program that switches
+between stacks of its own, which function_graph does not support, gets
+there), the trampoline cannot know where to return: it says so on stderr
+and stops the program with ud2.
 
 Dead entries are also closed when a new call's slot shows them dead (see
 handler.py).  ``sigaltstack``: a signal handler running on an alternate stack
@@ -38,7 +46,7 @@ position the resync routine asks the kernel (sigaltstack(NULL, &old), once,
 only on this slow path) whether this code runs on the alternate stack, and
 keeps the entries that are not on it.
 
-C++ exceptions: the unwinder must never meet the trampoline's address, or it
+C++ exceptions: the unwinder must never meet a trampoline's address, or it
 finds no unwind info there and calls std::terminate.  So, as uftrace does:
 
 - at the entry of ``_Unwind_RaiseException``, ``_Unwind_Resume``,
@@ -62,7 +70,7 @@ hooked: a backtrace taken inside traced frames stops at the first hooked one.
 from __future__ import annotations
 
 from ktracecli.interface import RuntimeCode, RuntimeHook
-from ktracecli.runtime.layout import SLOT_SIZE, RuntimeLayout, slot_lookup_asm
+from ktracecli.runtime.layout import SLOT_SHIFT, RuntimeLayout, slot_lookup_asm
 
 from ktracecli_function_graph.records import Kind
 from ktracecli_function_graph.shadow import (
@@ -71,6 +79,9 @@ from ktracecli_function_graph.shadow import (
     ENTRY_SHIFT,
     H_TOP,
     H_UNWINDING,
+    SAVED,
+    TRAMPOLINE_STUB,
+    TRAMPOLINES,
     close_top_asm,
     exit_asm,
     pop_asm,
@@ -79,12 +90,18 @@ from ktracecli_function_graph.shadow import (
     saved_bytes,
     shadow_asm,
     trampoline_addr,
+    trampoline_asm,
 )
 
 UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind")
 CATCH_AT = ("__cxa_begin_catch",)
 #: what the trampoline saves besides shadow.SAVED (pop_asm and exit_asm use rbx and r12)
 SAVED_TOO = ("r11", "rbx", "r12")
+#: the start of each per-slot entry: lea rsp, [rsp-8]; push rax
+LEA_RSP_MINUS_8 = bytes.fromhex("488d6424f8")
+PUSH_RAX = b"\x50"
+#: the rest of save_asm(SAVED_TOO) once rax, the flags and rcx are saved
+PUSHES_AFTER_RCX = "\n".join(f"    push {r}" for r in (*SAVED[1:], *SAVED_TOO))
 SYS_WRITE = 1
 SYS_SIGALTSTACK = 131
 SS_ONSTACK = 1
@@ -106,29 +123,38 @@ def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
 
 
 def trampoline_source(layout: RuntimeLayout) -> str:
-    """The return trampoline (see the module docstring); it must start the runtime's code at +8."""
+    """The per-slot entries and the return trampoline (see the module docstring), from runtime+8."""
     table = layout.base + layout.slot_table
-    end = table + layout.nslots * SLOT_SIZE
     s_offset = saved_bytes(SAVED_TOO)
     message = ", ".join(str(b) for b in LOST_MESSAGE)
+    common = layout.runtime + TRAMPOLINES + layout.nslots * TRAMPOLINE_STUB
+    stubs = []
+    for i in range(layout.nslots):
+        rel = common - (trampoline_addr(layout, i) + TRAMPOLINE_STUB)
+        code = LEA_RSP_MINUS_8 + PUSH_RAX + b"\x68" + i.to_bytes(4, "little") + b"\xe9" + rel.to_bytes(4, "little")
+        assert len(code) == TRAMPOLINE_STUB
+        stubs.append("    .byte " + ", ".join(str(b) for b in code))
+    stub_lines = "\n".join(stubs)
     return f"""
-    lea rsp, [rsp-8]
-    {save_asm(SAVED_TOO)}
+{stub_lines}
+    push rcx
+    mov rcx, qword ptr [rsp+8]
+    lahf
+    seto al
+    mov qword ptr [rsp+8], rax
+    {PUSHES_AFTER_RCX}
     lea r11, [rsp+{s_offset}]
-    {slot_lookup_asm(layout, found=".Ltslot", full=".Ltglobal", claimed=".Ltclaimed", prefix="t")}
-.Ltclaimed:
-    {shadow_asm(layout)}
-    mov qword ptr [rdi+{H_TOP}], 0
-    mov qword ptr [rdi+{H_UNWINDING}], 0
-    jmp .Ltglobal
-.Ltslot:
+    mov rsi, rcx
+    shl rsi, {SLOT_SHIFT}
+    movabs rax, {table:#x}
+    add rsi, rax
     {shadow_asm(layout)}
 .Ltsearch:
     mov r8, qword ptr [rdi]
     mov rax, r8
 .Ltscan:
     test rax, rax
-    jz .Ltglobal
+    jz .Ltlost
     mov rdx, rax
     shl rdx, {ENTRY_SHIFT}
     cmp qword ptr [rdi+rdx+{E_SLOT}], r11
@@ -156,27 +182,7 @@ def trampoline_source(layout: RuntimeLayout) -> str:
     jmp qword ptr [rsp-8]
 .Ltclose:
     {close_top_asm(layout, "tc", ".Ltsearch")}
-.Ltglobal:
-    movabs rsi, {table:#x}
-.Ltgnext:
-    cmp qword ptr [rsi], 0
-    je .Ltgskip
-    {shadow_asm(layout)}
-    mov rax, qword ptr [rdi]
-.Ltgscan:
-    test rax, rax
-    jz .Ltgskip
-    mov rdx, rax
-    shl rdx, {ENTRY_SHIFT}
-    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
-    je .Ltsearch
-    dec rax
-    jmp .Ltgscan
-.Ltgskip:
-    add rsi, {SLOT_SIZE}
-    movabs rax, {end:#x}
-    cmp rsi, rax
-    jb .Ltgnext
+.Ltlost:
     call .Ltwrite
     .byte {message}
 .Ltwrite:
@@ -201,7 +207,6 @@ def resync_source(layout: RuntimeLayout) -> str:
     own return address; unless this code runs on the signal stack and the
     entry is not on it.
     """
-    tramp = trampoline_addr(layout)
     # stack: +0 stack_t of sigaltstack (ss_sp, ss_flags, ss_size), +24 whether it was asked for
     return f"""
     push rbx
@@ -220,7 +225,7 @@ def resync_source(layout: RuntimeLayout) -> str:
     cmp rcx, r11
     ja .Lrabove
     jb .Lrcandidate
-    movabs rax, {tramp:#x}
+    {trampoline_asm(layout, "rax", "rdx")}
     cmp qword ptr [r11], rax
     je .Lrdone
     jmp .Lrcandidate
@@ -228,7 +233,7 @@ def resync_source(layout: RuntimeLayout) -> str:
     cmp qword ptr [rdi+{H_UNWINDING}], 0
     je .Lrdone
     mov rdx, qword ptr [rcx]
-    movabs r9, {tramp:#x}
+    {trampoline_asm(layout, "r9", "r10")}
     cmp rdx, r9
     je .Lrdone
     mov r10, qword ptr [rdi+rax+{E_ORIG}]
@@ -292,11 +297,10 @@ def _rewrite_slots(layout: RuntimeLayout, p: str, hook: bool) -> str:
     calls' entries (original = trampoline) are skipped: their group's first
     entry speaks for the slot.  r8 = top.  Clobbers rax, rcx, rdx, r9, r10.
     """
-    tramp = trampoline_addr(layout)
     expect, write = ("r9", "r10") if hook else ("r10", "r9")
     return f"""
+    {trampoline_asm(layout, "r10", "rax")}
     xor eax, eax
-    movabs r10, {tramp:#x}
 .L{p}loop:
     cmp rax, r8
     jae .L{p}end

@@ -60,9 +60,27 @@ def private_size(layout: RuntimeLayout) -> int:
     return layout.nslots * SHADOW_BYTES
 
 
-def trampoline_addr(layout: RuntimeLayout) -> int:
-    """The return trampoline: at +8 of the runtime (+0 holds the resync routine's address)."""
-    return layout.runtime + 8
+#: the runtime's per-slot entries into the return trampoline start at +8 (+0 holds resync's address)
+TRAMPOLINES = 8
+#: bytes of one per-slot entry (see runtime.py)
+TRAMPOLINE_STUB = 16
+
+
+def trampoline_addr(layout: RuntimeLayout, slot: int) -> int:
+    """The return trampoline of slot ``slot``: what the hooked return slots of its thread hold."""
+    return layout.runtime + TRAMPOLINES + slot * TRAMPOLINE_STUB
+
+
+def trampoline_asm(layout: RuntimeLayout, dst: str, tmp: str) -> str:
+    """``dst`` = the return trampoline of the slot at rsi (its address / 8 maps onto the stubs).  Clobbers ``tmp``."""
+    table = layout.base + layout.slot_table
+    assert table % SLOT_SIZE == 0 and SLOT_SIZE // TRAMPOLINE_STUB == 8
+    k = (layout.runtime + TRAMPOLINES - table // 8) & (2**64 - 1)
+    return f"""
+    mov {dst}, rsi
+    shr {dst}, 3
+    movabs {tmp}, {k:#x}
+    add {dst}, {tmp}"""
 
 
 def save_asm(extra: tuple[str, ...] = ()) -> str:

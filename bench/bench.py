@@ -9,6 +9,11 @@ overhead   ns of overhead per traced call (the workload's own loop time, traced 
            plain -O2 build untraced, divided by the calls), the ratio to uftrace on the same
            build measured in this run, events recorded and lost, bytes per event, and the
            peak memory of the tracee (its own getrusage) and of ktracecli (from info.json)
+steady     ns per traced call once the tracer's buffers are warm and drained (a warm-up of
+           1.5 M calls in 16 rounds, then 300,000 timed calls that fit the ring): the hot path
+           alone, without first-touch page faults or a consumer that cannot keep up, in the
+           timed thread's CPU time; for function and function_graph on the ktrace and mcount
+           builds, and uftrace on the same builds
 threads    the same per call in CPU time over 1, 2, 8 and 32 threads (per-thread rings
            must keep it flat)
 burst      one thread making 50 million calls as fast as it can: the rate reached, events lost
@@ -45,7 +50,11 @@ ENGINE_BUILDS = [("ktrace", "O2"), ("mcount", "O2-pg"), ("mcount", "O2-fentry"),
 #: NOP sites the compiler left); a -pg/-mfentry build calls mcount in every function anyway
 UFTRACE_ARGS = {"O2": ["-P", f"^{FUNCTION}$"], "O2-pg": [], "O2-fentry": [],
                 "O2-nop-mcount": ["-P", f"^{FUNCTION}$"], "O2-patchable5": ["-P", f"^{FUNCTION}$"]}
-SECTIONS = ("overhead", "threads", "burst", "startup", "available", "show")
+SECTIONS = ("overhead", "steady", "threads", "burst", "startup", "available", "show")
+STEADY_CALLS = 300_000
+STEADY_WARMUP = 1_500_000
+#: (engine, build) pairs of the steady section: ktrace on the plain build, mcount on the fentry one
+STEADY_BUILDS = [("ktrace", "O2"), ("mcount", "O2-fentry"), ("mcount", "O2-patchable5")]
 THREADS = (1, 2, 8, 32)
 BURST_CALLS = 50_000_000
 STARTUP_FUNCTIONS = 5000
@@ -104,6 +113,37 @@ def section_overhead(args: argparse.Namespace, kt: Ktracecli, exes: dict[str, Pa
         print("uftrace: not on PATH, no ratios (apt-get install uftrace)")
     print("ns/call: traced loop time minus the untraced -O2 loop time, per call (entry and exit for "
           "function_graph and uftrace); B/event: event files / events (uftrace: its data directory / 2 per call)")
+
+
+def section_steady(args: argparse.Namespace, kt: Ktracecli, exes: dict[str, Path], uftrace: str | None,
+                   tmp: Path) -> None:
+    runs = args.runs
+    calls = STEADY_CALLS
+    argv = lambda b: [str(exes[b]), str(calls), "1", str(STEADY_WARMUP)]  # noqa: E731
+    print(f"\n== steady: {calls:,} timed calls after a {STEADY_WARMUP:,}-call warm-up, CPU ns of overhead "
+          f"per call (the timed thread's own CPU time), median of {runs} runs")
+    base = repeat(runs, lambda i: run_untraced(argv("O2"), calls))
+    head = f"{'run':<38} {'build':<14} {'ns/call':>8} {'events':>11} {'lost':>9}"
+    print(head)
+    print("-" * len(head))
+    rows: list[tuple[str, str, Series]] = []
+    for tracer in [t for t in ("function", "function_graph") if t in kt.tracers()]:
+        for engine, b in STEADY_BUILDS:
+            kt.configure(engine, tracer, [FUNCTION])
+            rows.append((f"ktracecli {engine}+{tracer}", b,
+                         repeat(runs, lambda i: kt.record(argv(b), calls, tmp / f"st-{tracer}-{b}-{i}.data"))))
+    if uftrace:
+        for _engine, b in STEADY_BUILDS:
+            uargs = UFTRACE_ARGS[b]
+            rows.append((f"uftrace {' '.join(uargs) or '(all functions)'}", b,
+                         repeat(runs, lambda i: run_uftrace(uftrace, uargs, argv(b), calls, tmp / f"st-uf-{b}-{i}"))))
+    for name, b, s in rows:
+        if s.error:
+            print(f"{name:<38} {b:<14} failed: {s.error}")
+            continue
+        print(f"{name:<38} {b:<14} {fmt(per_call(s, base, calls, 'cpu_ns')):>8} "
+              f"{fmt(s.median('events'), ',.0f'):>11} {fmt(s.median('lost'), ',.0f'):>9}")
+    print("events: the warm-up's and the timed loop's (function_graph and uftrace record 2 per call)")
 
 
 def section_threads(args: argparse.Namespace, kt: Ktracecli, exes: dict[str, Path], uftrace: str | None,
@@ -236,6 +276,8 @@ def main() -> int:
         for section in wanted:
             if section == "overhead":
                 section_overhead(args, kt, exes, uftrace, tmp)
+            elif section == "steady":
+                section_steady(args, kt, exes, uftrace, tmp)
             elif section == "threads":
                 section_threads(args, kt, exes, uftrace, tmp)
             elif section == "burst":

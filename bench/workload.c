@@ -1,6 +1,8 @@
 /* workload: CALLS calls to one small function, spread over THREADS threads, timed by the program itself.
  *
- * Usage: workload [CALLS [THREADS]]   (defaults 10000000 and 1)
+ * Usage: workload [CALLS [THREADS [WARMUP]]]   (defaults 10000000, 1 and 0)
+ *   WARMUP: calls each thread makes before the timed loop, in 16 rounds 20 ms apart, so that a
+ *   tracer has drained its buffers and touched their pages before the timing starts
  * stdout:
  *   calls N        calls made in all (each thread makes CALLS/THREADS, the first one the rest too)
  *   threads T
@@ -28,6 +30,7 @@ __attribute__((noipa)) long bench_target(long x)
 
 struct worker {
     pthread_t thread;
+    long warmup;
     long calls;
     long sum;
     long long cpu_ns;
@@ -46,7 +49,13 @@ static void *run(void *arg)
 {
     struct worker *w = arg;
     long sum = 0;
+    struct timespec pause = {0, 20000000};
 
+    for (int round = 0; w->warmup && round < 16; round++) {
+        for (long i = 0; i < w->warmup / 16; i++)
+            sink += bench_target(i);
+        nanosleep(&pause, NULL);
+    }
     pthread_barrier_wait(&start_line);
     long long cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
     for (long i = 0; i < w->calls; i++)
@@ -60,15 +69,17 @@ int main(int argc, char **argv)
 {
     long calls = argc > 1 ? atol(argv[1]) : 10000000L;
     int threads = argc > 2 ? atoi(argv[2]) : 1;
+    long warmup = argc > 3 ? atol(argv[3]) : 0;
     static struct worker workers[MAX_THREADS];
 
     if (threads < 1 || threads > MAX_THREADS || calls < 0) {
-        fprintf(stderr, "usage: workload [CALLS [THREADS (1-%d)]]\n", MAX_THREADS);
+        fprintf(stderr, "usage: workload [CALLS [THREADS (1-%d) [WARMUP]]]\n", MAX_THREADS);
         return 2;
     }
     pthread_barrier_init(&start_line, NULL, threads + 1);
     for (int t = 0; t < threads; t++) {
         workers[t].calls = calls / threads + (t == 0 ? calls % threads : 0);
+        workers[t].warmup = warmup;
         pthread_create(&workers[t].thread, NULL, run, &workers[t]);
     }
     pthread_barrier_wait(&start_line);

@@ -3,7 +3,10 @@
 Like the kernel's file, each option reads as ``name`` when set and ``noname``
 when clear, and is changed by writing either form.  Only options that change
 what ``show`` prints live here; they apply when a trace is shown, so one
-recording can be read with any of them.  Defaults are the kernel's.
+recording can be read with any of them.  Defaults are the kernel's.  Unlike
+the kernel's file, which lists and accepts a tracer's options only while it
+is the current tracer, every option is listed and settable at any time (as
+the kernel's ``options/<name>`` files are).
 
 ====================  =======  ==============================================
 option                default  effect on function_graph output

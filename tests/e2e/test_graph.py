@@ -445,3 +445,17 @@ def test_threads(builder: Builder, ktrace: Ktrace, tmp_path: Path, engine: str, 
     tids = {main_tid, exiter, *workers.values()}
     for _cpu, old, new in merged.switches:
         assert int(old.rpartition("-")[2]) in tids and int(new.rpartition("-")[2]) in tids
+
+
+@pytest.mark.parametrize(("engine", "variant"), [("ktrace", O2), ("mcount", FENTRY)],
+                         ids=["ktrace-O2", "mcount-fentry-O2"])
+def test_a_reused_slot_starts_with_an_empty_shadow_stack(builder: Builder, ktrace: Ktrace, tmp_path: Path,
+                                                         engine: str, variant: Variant) -> None:
+    """Threads that end inside traced frames, one after the other, on the same thread pointer."""
+    exe = builder.build("graph_threads", variant)
+    run = graph_record(ktrace, tmp_path, engine, [exe, "1", "4"], ["main", "t_*"])
+    exiters = [f.split() for f in run.facts["exiter"]]  # "tid T self P"
+    pointers = collections.Counter(pointer for _t, _tid, _s, pointer in exiters)
+    assert max(pointers.values()) > 1, f"no thread pointer was reused: the test could not fail ({pointers})"
+    for _t, tid, _s, _pointer in exiters:
+        assert run.show.tree(int(tid)) == tree("t_exiter() {\n  t_exit_inner() {")

@@ -4,10 +4,14 @@
  *   the last thread ─► t_exiter ─► t_exit_inner ─► pthread_exit  (a forced unwind through
  *                                                                 hooked frames)
  *   main ─► t_leaf                                               (after joining them all)
+ *   then AGAIN more exiters, one after the other: glibc gives each the stack (and thread
+ *   pointer) of the one before, so each claims the slot its predecessor left with frames
+ *   still on its shadow stack, and must start with an empty one
  *
- * Usage: graph_threads [NTHREADS]   (default 3)
+ * Usage: graph_threads [NTHREADS [AGAIN]]   (defaults 3 and 0)
  * stdout: "count NAME N" per function, then "threads N"; exit status 0.
- * stderr: one "thread I tid T" line per worker thread and "exiter tid T".
+ * stderr: one "thread I tid T" line per worker thread and one "exiter tid T self P" line per
+ * exiter (P: its pthread_self, the thread pointer its slot is keyed by).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -60,8 +64,9 @@ TRACED void t_exit_inner(long x)
 TRACED void *t_exiter(void *arg)
 {
     COUNT(t_exiter);
-    fprintf(stderr, "exiter tid %ld\n", (long)syscall(SYS_gettid));
-    pthread_barrier_wait(&start_line);
+    fprintf(stderr, "exiter tid %ld self %lu\n", (long)syscall(SYS_gettid), (unsigned long)pthread_self());
+    if (arg != (void *)0)
+        pthread_barrier_wait(&start_line);
     t_exit_inner((long)arg);
     BARRIER();
     return NULL;
@@ -70,6 +75,7 @@ TRACED void *t_exiter(void *arg)
 int main(int argc, char **argv)
 {
     long n = argc > 1 ? atol(argv[1]) : 3;
+    long again = argc > 2 ? atol(argv[2]) : 0;
     pthread_t threads[MAX_THREADS + 1];
     if (n < 1 || n > MAX_THREADS)
         return 2;
@@ -84,6 +90,13 @@ int main(int argc, char **argv)
         total += (long)r;
     }
     total += t_leaf(total);
+    for (long k = 0; k < again; k++) {
+        pthread_t t;
+        void *r;
+        pthread_create(&t, NULL, t_exiter, (void *)0);
+        pthread_join(t, &r);
+        total += (long)r;
+    }
     printf("count t_main %ld\ncount t_work %ld\ncount t_leaf %ld\ncount t_exiter %ld\n"
            "count t_exit_inner %ld\nthreads %ld\nresult %ld\n", count_t_main, count_t_work,
            count_t_leaf, count_t_exiter, count_t_exit_inner, n, total);

@@ -16,6 +16,7 @@ import numpy as np
 from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
+from elftools.elf.hash import GNUHashSection
 from elftools.elf.sections import NoteSection, SymbolTableSection
 from elftools.elf.segments import InterpSegment, NoteSegment
 
@@ -214,6 +215,36 @@ class ElfImage:
     def functions(self) -> list[Symbol]:
         """Defined STT_FUNC / STT_GNU_IFUNC symbols of .symtab and .dynsym, de-duplicated on (name, vaddr)."""
         return list(self._functions)
+
+    def find_functions(self, names: set[str]) -> list[Symbol]:
+        """The defined functions called one of ``names``, without parsing every symbol when it can.
+
+        A name absent from .dynstr and .strtab is not defined here; one that
+        the dynamic symbol table exports is found through its GNU hash table;
+        only a name defined as a local symbol (a static program) costs a full
+        parse of the symbol tables.
+        """
+        strings = {}
+        for table in (".dynstr", ".strtab"):
+            section = self._elf.get_section_by_name(table)
+            strings[table] = section.data() if section is not None else b""
+        # a name may be the tail of a longer one ("malloc" inside "__libc_malloc"): match the end only
+        present = {n for n in names if any(n.encode() + b"\0" in s for s in strings.values())}
+        found: list[Symbol] = []
+        gnu_hash = self._elf.get_section_by_name(".gnu.hash")
+        if isinstance(gnu_hash, GNUHashSection):
+            for name in sorted(present):
+                sym = gnu_hash.get_symbol(name)
+                kind = sym["st_info"]["type"] if sym is not None else None
+                if sym is not None and kind in _FUNC_TYPES and sym["st_shndx"] not in ("SHN_UNDEF", "SHN_ABS"):
+                    found.append(Symbol(name, int(sym["st_value"]), int(sym["st_size"]),
+                                        _BINDINGS.get(sym["st_info"]["bind"], Binding.LOCAL), kind != "STT_FUNC"))
+                    present.discard(name)
+                elif name.encode() + b"\0" not in strings[".strtab"]:
+                    present.discard(name)  # only imported: named in .dynstr, defined elsewhere
+        if present:
+            found += [sym for sym in self.functions() if sym.name in present]
+        return found
 
     @cached_property
     def _functions(self) -> tuple[Symbol, ...]:

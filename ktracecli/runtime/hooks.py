@@ -73,8 +73,8 @@ def find(image: ElfImage, x86: X86, symbols: set[str]) -> list[HookSite]:
     """
     sites = []
     seen: set[int] = set()
-    for sym in image.functions():
-        if sym.name not in symbols or sym.vaddr in seen or not sym.vaddr:
+    for sym in image.find_functions(symbols):
+        if sym.vaddr in seen or not sym.vaddr:
             continue
         seen.add(sym.vaddr)
         found = _window(image, x86, sym.vaddr, sym.size)

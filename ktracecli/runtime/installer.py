@@ -89,6 +89,8 @@ class Installed:
     built: dict[int, Patch] = field(default_factory=dict)
     patches: dict[int, Patch] = field(default_factory=dict)
     hooked_modules: set[str] = field(default_factory=set)
+    #: runtime hooks: never undone (see :meth:`Installer.place_hooks`), so not in :meth:`in_order`
+    hooks: list[Patch] = field(default_factory=list)
 
     def in_order(self) -> list[Patch]:
         """Every patch in the order it was applied (undo them in reverse)."""
@@ -97,7 +99,7 @@ class Installed:
     def copy(self) -> "Installed":
         """The same state, for a forked child (its memory is a copy of its parent's)."""
         return Installed(list(self.prepared), set(self.prepared_modules), dict(self.built), dict(self.patches),
-                         set(self.hooked_modules))
+                         set(self.hooked_modules), list(self.hooks))
 
 
 class Installer:
@@ -180,7 +182,9 @@ class Installer:
         """Hook the runtime's library functions that ``module`` defines; returns how many.
 
         Call it for every module of the process (at start, and for modules
-        mapped later).  The patches are undone with the rest on detach.
+        mapped later).  Unlike the sites' patches, these stay when ktracecli
+        detaches: frames hooked before still return through the runtime then,
+        and the runtime's hooks must keep them away from the C++ unwinder.
         """
         if self.runtime is None or not self.runtime.hooks or module.path in self.installed.hooked_modules:
             return 0
@@ -206,7 +210,7 @@ class Installer:
             patches.append(patch)
         self.tracee.write(region.addr, bytes(code))
         self.apply(patches)
-        self.installed.prepared += patches
+        self.installed.hooks += patches
         return len(patches)
 
     def prepare(self, module: LoadedModule, analysis: Analysis) -> None:

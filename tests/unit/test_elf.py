@@ -229,3 +229,22 @@ def test_resolve_needed_ld_library_path(built: dict[str, Path], tmp_path: Path,
     shutil.copy(built["exe"], exe)   # its $ORIGIN/lib does not exist here
     monkeypatch.setenv("LD_LIBRARY_PATH", str(other))
     assert resolve_needed(read_ident(str(exe)))["libkt.so.1"] == str(other / "libkt.so.1")
+
+
+def test_find_functions_agrees_with_the_full_symbol_parse() -> None:
+    """find_functions (string tables, GNU hash) finds what functions() finds, for a few names."""
+    import ctypes.util
+    from ktracecli.elf.image import ElfImage
+
+    names = {"_Unwind_RaiseException", "_Unwind_Resume", "__cxa_begin_catch", "malloc", "no_such_function_zz"}
+    libgcc = ctypes.util.find_library("gcc_s")
+    libc = ctypes.util.find_library("c")
+    assert libgcc and libc
+    for lib in (libgcc, libc):
+        path = next(p for p in (f"/lib/x86_64-linux-gnu/{lib}", f"/usr/lib/x86_64-linux-gnu/{lib}")
+                    if __import__("os").path.exists(p))
+        with ElfImage.open(path) as image:
+            fast = sorted((s.name, s.vaddr) for s in image.find_functions(names))
+            full = sorted((s.name, s.vaddr) for s in image.functions() if s.name in names)
+        assert fast == full
+        assert fast, f"{path} defines none of {names}: the test could not fail"

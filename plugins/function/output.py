@@ -22,6 +22,7 @@ A trace recorded before engines were named prints no engine line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TextIO
 
 import numpy as np
@@ -46,6 +47,37 @@ def timestamps_ns(data: TraceData, tsc: np.ndarray) -> np.ndarray:
     cal = data.info["clock"]
     delta = tsc.astype(np.int64) - np.int64(cal["tsc0"])
     return np.int64(cal["ns0"]) + np.round(delta * float(cal["ns_per_tick"])).astype(np.int64)
+
+
+def format_line(task: str, cpu: int, usecs: int, func: str, parent: str) -> str:
+    """One event line (irq-info off): ``task`` is the 24-column ``comm-pid`` field."""
+    return f"{task} [{cpu:03d}]  {usecs // 1000000:5d}.{usecs % 1000000:06d}: {func} <-{parent}\n"
+
+
+def task_field(comm: str, tid: int) -> str:
+    """The TASK-PID column: comm right-aligned in 16 columns, the pid left-aligned in 7."""
+    return f"{comm[:16]:>16}-{tid:<7d}"
+
+
+def lost_line(cpu: int, count: int) -> str:
+    """The line the kernel prints where a CPU buffer dropped events."""
+    return f"CPU:{cpu} [LOST {count} EVENTS]\n"
+
+
+def parent_names(symbolize: Callable[[int, np.ndarray], list[str]], spaces: np.ndarray,
+                 addrs: np.ndarray) -> list[str]:
+    """Callers' names, each looked up in the address space it was recorded in."""
+    if len(spaces) == 0:
+        return []
+    first = int(spaces[0])
+    if (spaces == first).all():
+        return symbolize(first, addrs)
+    names = [""] * len(addrs)
+    for space in np.unique(spaces).tolist():
+        where = np.flatnonzero(spaces == space)
+        for k, name in zip(where.tolist(), symbolize(int(space), addrs[where])):
+            names[k] = name
+    return names
 
 
 def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
@@ -73,17 +105,25 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
             else:
                 last_cpu = int(records[i]["parent"][-1]) >> 48 if len(records[i]) else 0
                 trailing.append((last_cpu, count))
-    tasks = [f"{t.comm[:16]:>16}-{t.tid:<7d}" for t in threads]
+    tasks = [task_field(t.comm, t.tid) for t in threads]
+    thread_space = np.array([t.space for t in threads], dtype=np.int64)
     site_names = data.sites
-    symbolizer = Symbolizer(data)
+    symbolizers: dict[int, Symbolizer] = {}
+
+    def symbolize(space: int, addrs: np.ndarray) -> list[str]:
+        if space not in symbolizers:
+            symbolizers[space] = Symbolizer(data, space)
+        return symbolizers[space].names(addrs)
+
     for lo in range(0, len(order), chunk):
         idx = order[lo:lo + chunk]
         rec = all_records[idx]
         parent = rec["parent"]
         cpus = (parent >> np.uint64(48)).astype(np.int64).tolist()
-        parents = symbolizer.names(parent & np.uint64(ADDR_MASK))
+        owners_arr = owner[idx]
+        parents = parent_names(symbolize, thread_space[owners_arr], parent & np.uint64(ADDR_MASK))
         usecs = ((ns[idx] + 500) // 1000).tolist()
-        owners = owner[idx].tolist()
+        owners = owners_arr.tolist()
         locals_ = local[idx].tolist()
         sites = rec["site"].tolist()
         lines = []
@@ -91,10 +131,8 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
             if lost_before:
                 count = lost_before.get((owners[k], locals_[k]))
                 if count:
-                    lines.append(f"CPU:{cpus[k]} [LOST {count} EVENTS]\n")
-            us = usecs[k]
-            lines.append(f"{tasks[owners[k]]} [{cpus[k]:03d}]  {us // 1000000:5d}.{us % 1000000:06d}: "
-                         f"{site_names[sites[k]]} <-{parents[k]}\n")
+                    lines.append(lost_line(cpus[k], count))
+            lines.append(format_line(tasks[owners[k]], cpus[k], usecs[k], site_names[sites[k]], parents[k]))
         out.write("".join(lines))
     for cpu, count in trailing:
-        out.write(f"CPU:{cpu} [LOST {count} EVENTS]\n")
+        out.write(lost_line(cpu, count))

@@ -210,6 +210,9 @@ def available(
 # --- record and show ------------------------------------------------------------------------
 
 
+LIVE_HELP = "Print events as they happen, in the tracer's format (like the kernel's trace_pipe)."
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def record(
     ctx: typer.Context,
@@ -217,8 +220,13 @@ def record(
         metavar="PROGRAM [ARGS]", help="The program to run and trace, with its own arguments.")],
     output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
                                          help="Data directory to write.")] = Path("ktrace.data"),
+    live: Annotated[bool, typer.Option("--live", help=LIVE_HELP)] = False,
 ) -> None:
-    """Run PROGRAM under the current engine and tracer and record what it calls."""
+    """Run PROGRAM under the current engine and tracer and record what it calls.
+
+    While it runs, 'ktracecli ktrace add/remove/clear' and 'ktracecli tracer'
+    change what is traced in it.
+    """
     from ktracecli import session
 
     path = _config_path(ctx)
@@ -231,15 +239,69 @@ def record(
         filters=settings.filters,
         buffer_size_kb=settings.buffer_size_kb,
         config_path=path,
+        live=live,
     )
     result = session.record(record_settings, build_registry())
-    why = " (ktracecli available --rejected says why)" if result.refused else ""
-    typer.echo(
-        f"ktracecli: traced {result.traced} functions, refused {result.refused}{why}, "
-        f"{result.events} events recorded, {result.lost} lost, engine {result.engine}",
-        err=True,
-    )
+    session.print_summary(result)
     raise typer.Exit(result.exit_status)
+
+
+@app.command()
+def attach(
+    ctx: typer.Context,
+    pid: Annotated[int, typer.Argument(metavar="PID", help="The running process to trace.", min=1)],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
+                                         help="Data directory to write.")] = Path("ktrace.data"),
+    live: Annotated[bool, typer.Option("--live", help=LIVE_HELP)] = False,
+) -> None:
+    """Trace a running process, all its threads, until Ctrl-C, SIGTERM or its exit.
+
+    On Ctrl-C or SIGTERM every original byte is put back and the process goes on
+    untraced.  While it runs, 'ktracecli ktrace add/remove/clear' and
+    'ktracecli tracer' change what is traced in it.
+    """
+    from ktracecli import session
+
+    path = _config_path(ctx)
+    settings = config.load(path)
+    attach_settings = session.AttachSettings(
+        pid=pid,
+        output=output,
+        engine=settings.engine,
+        tracer=settings.tracer,
+        filters=settings.filters,
+        buffer_size_kb=settings.buffer_size_kb,
+        config_path=path,
+        live=live,
+    )
+    result = session.attach(attach_settings, build_registry())
+    session.print_summary(result)
+
+
+@app.command("status")
+def status_(
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per session, one per line.")] = False,
+) -> None:
+    """List the running record and attach sessions of this user."""
+    import dataclasses
+    import json
+
+    from ktracecli import status
+
+    sessions = status.running()
+    if json_:
+        for s in sessions:
+            typer.echo(json.dumps(dataclasses.asdict(s)))
+        return
+    if not sessions:
+        typer.echo("no running sessions", err=True)
+        return
+    header = ("PID", "PROGRAM", "ENGINE", "TRACER", "FUNCTIONS", "EVENTS", "LOST", "SESSION")
+    rows = [(str(s.pid), s.program if len(s.program) <= 40 else s.program[:37] + "...", s.engine, s.tracer,
+             str(s.traced), str(s.events), str(s.lost), f"{s.kind} ({s.ktracecli_pid})") for s in sessions]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @app.command()

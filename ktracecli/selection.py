@@ -57,10 +57,11 @@ class Selector:
     def plan(self, modules: list[LoadedModule], main_name: str, strict: bool = True) -> Plan:
         """Apply the rules to the functions of ``modules``, whose main program is ``main_name``.
 
-        ``strict`` (at start): a rule that matches nothing, or a main program the
-        engine can trace nothing of, is an error.  While a session runs, a rule
-        may match nothing yet (its library is not loaded): it waits, as the
-        kernel keeps ``:mod:`` rules for modules not loaded.
+        ``strict`` (at start): a rule that matches nothing in the modules it names,
+        or a main program the engine can trace nothing of, is an error.  A
+        ``:mod:`` rule whose library is not loaded waits for it (the kernel keeps
+        such rules for modules not loaded), and while a session runs nothing is
+        an error.
         """
         candidates: list[filters.Candidate] = []
         entries: list[tuple[LoadedModule, FunctionSite | None]] = []
@@ -81,8 +82,11 @@ class Selector:
         if strict and analyses and not any(a.sites for _name, a in analyses):
             self._explain_nothing_traceable(analyses)
         selection = filters.select(self.rules, candidates, main_name)
-        if strict and selection.unmatched:
-            self._explain_unmatched(selection.unmatched, candidates, refusal_names, main_name)
+        # a :mod: rule for a library not loaded yet waits for it, as the kernel caches it for a module
+        present = {m.name for m in modules} | {main_name}
+        unmatched = tuple(r for r in selection.unmatched if any(r.applies_to(name, main_name) for name in present))
+        if strict and unmatched:
+            self._explain_unmatched(unmatched, candidates, refusal_names, main_name)
         chosen: list[tuple[LoadedModule, FunctionSite]] = []
         refused = 0
         for i in selection.indices:

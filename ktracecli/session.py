@@ -288,8 +288,6 @@ def attach(settings: AttachSettings, registry: Registry) -> RecordResult:
     with ElfImage.open(exe):
         pass
     main_name = os.path.basename(exe)
-    if not any(r.module for r in rules):
-        Selector(engine, rules).plan([LoadedModule(exe, main_name, 0, 0, 0)], main_name)
     session = Session("attach", engine, tracer, rules, settings.buffer_size_kb, settings.output,
                       settings.config_path, settings.live)
     argv = _cmdline(pid)
@@ -297,13 +295,16 @@ def attach(settings: AttachSettings, registry: Registry) -> RecordResult:
     supervisor = session.supervisor(pid, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
     world = session.world
     try:
-        threads = seize(pid)
+        threads = seize(pid)  # first: the kernel's ptrace rules speak before anything else
         try:
             for tid, zombie in threads.items():
                 world.add(tid, pid).exiting = zombie
+            if not any(r.module for r in rules):
+                Selector(engine, rules).plan([LoadedModule(exe, main_name, 0, 0, 0)], main_name)
             proc = TracedProcess(pid, Tracee(pid, set(threads), world.pending), session.shared)
             session.shared.procs[pid] = proc
             session.leader = proc
+            supervisor.holding = True  # until it runs: events are noted, threads stay held
             _stop_for_attach(world, pid)
             proc.setup(_caller_thread(world, pid), strict=True)
         except BaseException:

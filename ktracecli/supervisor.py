@@ -97,6 +97,7 @@ class Supervisor:
             self.world.sleep = wake.wait
             self.shared.consumer.on_map_change = wake.poke
             try:
+                self.holding = False
                 self._dispatch_held()
                 while self.procs:
                     if wake.stop_requested:

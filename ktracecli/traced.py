@@ -116,6 +116,8 @@ class TracedProcess:
         self.space = -1
         self.main_path = ""
         self.main_name = ""
+        #: the process's name (/proc/PID/comm) when it was set up
+        self.comm = ""
         self.modules: list[LoadedModule] = []
         self.rings: SharedRings | None = None
         self.installer: Installer | None = None
@@ -141,6 +143,7 @@ class TracedProcess:
         sh = self.shared
         self.main_path = os.path.realpath(f"/proc/{self.pid}/exe")
         self.main_name = os.path.basename(self.main_path)
+        self.comm = _read_comm(self.pid) or self.main_name[:15]
         self.modules = loaded_modules(self.tracee.maps(), self.main_path)
         if not self.modules or self.modules[0].path != self.main_path:
             raise ProcessError(f"process {self.pid}: {self.main_path} is not an x86_64 ELF program "
@@ -164,7 +167,7 @@ class TracedProcess:
 
     def fork_of(self, parent: "TracedProcess", shared_memory: bool) -> None:
         """Become ``parent``'s child: its memory (and so its state) is a copy of the parent's, or the same."""
-        self.main_path, self.main_name = parent.main_path, parent.main_name
+        self.main_path, self.main_name, self.comm = parent.main_path, parent.main_name, parent.comm
         self.modules = list(parent.modules)
         self.scratch = parent.scratch
         self.hooked = parent.hooked
@@ -202,7 +205,7 @@ class TracedProcess:
         """The process replaced its image: what ktracecli placed in it is gone."""
         sh = self.shared
         if self.rings is not None and self.mode is Mode.READY:
-            sh.consumer.retire(self.pid, self.rings)
+            sh.consumer.retire(self.pid, self.rings, comm_hint=self.comm)
         self.tracee.close()
         self.tracee = Tracee(self.pid, {self.pid}, sh.world.pending)
         self.rings = None
@@ -311,6 +314,14 @@ class TracedProcess:
         """Put back every original byte (every thread held); what was allocated stays."""
         if self.mode in (Mode.READY, Mode.FRESH) and self.installer is not None:
             self.installer.restore_all()
+
+
+def _read_comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().rstrip("\n")
+    except OSError:
+        return ""
 
 
 class _Lazy:

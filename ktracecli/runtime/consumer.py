@@ -45,6 +45,8 @@ class ProcessRings:
     comms: dict[int, str] = field(default_factory=dict)
     #: the loader hook's request count last reported to the ptrace thread
     dl_seen: int = 0
+    #: the name of threads whose comm was not read in time (the image is gone: exec)
+    comm_hint: str | None = None
 
 
 Sink = Callable[[list[LiveBatch]], None]
@@ -189,7 +191,7 @@ class Consumer:
         take1 = min(complete, first)
         comm = proc.comms.get(tid)
         if comm is None:
-            comm = proc.comms[tid] = _comm(proc.pid, tid)
+            comm = proc.comms[tid] = proc.comm_hint or _comm(proc.pid, tid)
         lost_at = min(max(drop_pos - tail, 0), complete) if new_lost else 0
         # written straight from the shared ring; the slots are only given back afterwards
         self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost, space=proc.space)
@@ -202,11 +204,16 @@ class Consumer:
         state.lost_seen = lost
         return complete
 
-    def retire(self, pid: int, rings: SharedRings) -> None:
-        """A process image is gone (exec, exit): drain its rings one last time and stop reading them."""
+    def retire(self, pid: int, rings: SharedRings, comm_hint: str | None = None) -> None:
+        """A process image is gone (exec, exit): drain its rings one last time and stop reading them.
+
+        ``comm_hint`` names the threads whose name was never read (after an exec,
+        /proc shows the new program's name).
+        """
         with self._lock:
             for proc in self.processes:
                 if proc.rings is rings:
+                    proc.comm_hint = comm_hint
                     slots = rings.slots
                     for i in range(rings.layout.nslots):
                         if slots[i].state:

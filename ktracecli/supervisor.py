@@ -126,9 +126,10 @@ class Supervisor:
         hooks = any(p.mode is Mode.READY and p.rings is not None and p.rings.dl_request != p.dl_handled
                     for p in self.procs.values())
         dirty = any(p.dirty for p in self.procs.values()) and now >= self._retry_at
-        rescan = now >= self._rescan_at and any(p.mode is Mode.READY and not p.hooked for p in self.procs.values())
-        if rescan:
+        rescan = False
+        if now >= self._rescan_at:
             self._rescan_at = now + RESCAN_EVERY
+            rescan = any(p.mode is Mode.READY and not p.hooked and p.modules_changed() for p in self.procs.values())
         if changed or hooks or dirty or rescan:
             self.change(rescan_unhooked=rescan)
         for pid, since in list(self._orphans.items()):
@@ -172,7 +173,7 @@ class Supervisor:
                 self._retry_at = time.monotonic() + 1.0
                 return
             for proc in list(self.procs.values()):
-                if proc.mode is not Mode.READY and proc.mode is not Mode.FRESH:
+                if proc.mode is not Mode.READY and proc.mode is not Mode.FRESH or self._exiting(proc):
                     continue
                 request = proc.rings.dl_request if proc.mode is Mode.READY and proc.rings is not None else None
                 try:
@@ -181,9 +182,10 @@ class Supervisor:
                     proc.sync()
                 except Retry:
                     proc.dirty = True
-                except KtraceError as exc:
+                except (KtraceError, OSError) as exc:
                     proc.dirty = False
-                    notice(f"process {proc.pid}: {exc}")
+                    if os.path.exists(f"/proc/{proc.pid}"):  # else it is exiting: its exit will come
+                        notice(f"process {proc.pid}: {exc}")
                 if request is not None and request != proc.dl_handled and proc.rings is not None:
                     proc.rings.dl_acknowledge(request)
                     proc.dl_handled = request
@@ -191,6 +193,11 @@ class Supervisor:
         finally:
             self.holding = False
             self._dispatch_held()
+
+    def _exiting(self, proc: TracedProcess) -> bool:
+        """Every thread of the process is on its way out (exit_group): nothing to change in it."""
+        return all(t.exiting or (t.status is not None and ptrace.stop_event(t.status) == ptrace.PTRACE_EVENT_EXIT)
+                   for t in self.world.of(proc.pid))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -327,7 +334,11 @@ class Supervisor:
             self._drop(proc)
 
     def _drop(self, proc: TracedProcess) -> None:
-        """Stop following a process (its code holds nothing of ours)."""
+        """Stop following a process, with its original code back."""
+        try:
+            proc.restore()
+        except (KtraceError, OSError):
+            pass
         for thread in self.world.of(proc.pid):
             if thread.status is not None:
                 self.world.resume(thread, how=ptrace.detach)
@@ -348,7 +359,10 @@ class Supervisor:
             try:
                 proc.restore()
             except (KtraceError, OSError) as exc:
-                notice(f"process {proc.pid}: could not restore its code: {exc}")
+                if not self._exiting(proc):
+                    notice(f"process {proc.pid}: could not restore its code: {exc}")
+            if proc.mode is Mode.READY and proc.rings is not None:
+                proc.rings.dl_acknowledge(proc.rings.dl_request)  # a dlopen waiting in the hook goes on now
         self.shared.consumer.drain()
         for thread in list(self.world.threads.values()):
             if thread.status is not None:

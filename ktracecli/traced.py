@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ktracecli.arch.x86_64 import X86
-from ktracecli.errors import ProcessError
+from ktracecli.errors import KtraceError, ProcessError
 from ktracecli.interface import Engine, FunctionSite, Tracer
 from ktracecli.model import Patch
 from ktracecli.process import ptrace
@@ -162,7 +162,10 @@ class TracedProcess:
         self.space = sh.spaces.new(self.modules)
         sh.consumer.add(self.pid, rings, sh.dtype, self.space)
         self.mode = Mode.READY
-        self._hook(caller)
+        try:
+            self._hook(caller)
+        except KtraceError:
+            self.hooked = False  # new libraries are then found by reading the memory map now and then
         self.sync(strict=strict)
 
     def fork_of(self, parent: "TracedProcess", shared_memory: bool) -> None:
@@ -239,6 +242,13 @@ class TracedProcess:
         self.shared.spaces.add(self.space, modules)
         return True
 
+    def modules_changed(self) -> bool:
+        """Whether the modules mapped now differ from those set up (without holding anything)."""
+        try:
+            return loaded_modules(self.tracee.maps(), self.main_path) != self.modules
+        except OSError:
+            return False
+
     def sync(self, strict: bool = False) -> None:
         """Make the enabled sites what the rules select now (every thread held)."""
         if self.mode not in (Mode.READY, Mode.FRESH):
@@ -246,8 +256,7 @@ class TracedProcess:
         sh = self.shared
         installer = self.installer
         assert installer is not None
-        if self.mode is Mode.READY:
-            installer.caller = _Lazy(self._caller)  # type: ignore[assignment]
+        installer.caller = _Lazy(self._caller)  # type: ignore[assignment]
         desired: dict[int, tuple[LoadedModule, FunctionSite]] = {}
         plan = sh.selector.plan(self.modules, self.main_name, strict=strict)
         self.refused = plan.refused

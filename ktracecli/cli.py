@@ -16,13 +16,16 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ktracecli import config, filters
 from ktracecli.errors import KtraceError, UsageError
 from ktracecli.registry import build_registry
+
+if TYPE_CHECKING:
+    from ktracecli.session import RecordResult
 
 #: exit status of a command whose standard output was closed early (128 + SIGPIPE), like cat's
 EXIT_BROKEN_PIPE = 141
@@ -242,7 +245,7 @@ def record(
         live=live,
     )
     result = session.record(record_settings, build_registry())
-    session.print_summary(result)
+    _summary(result)
     raise typer.Exit(result.exit_status)
 
 
@@ -275,7 +278,17 @@ def attach(
         live=live,
     )
     result = session.attach(attach_settings, build_registry())
-    session.print_summary(result)
+    _summary(result)
+
+
+def _summary(result: "RecordResult") -> None:
+    """The one summary line of a record or attach session, on stderr."""
+    why = " (ktracecli available --rejected says why)" if result.refused else ""
+    typer.echo(
+        f"ktracecli: traced {result.traced} functions, refused {result.refused}{why}, "
+        f"{result.events} events recorded, {result.lost} lost, engine {result.engine}",
+        err=True,
+    )
 
 
 @app.command("status")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,11 +345,3 @@ def _caller_thread(world: World, pid: int) -> Thread:
             if thread.kind is kind:
                 return thread
     raise ProcessError(f"process {pid} is stopped (job control): continue it first (kill -CONT {pid})")
-
-
-def print_summary(result: RecordResult) -> None:
-    """The one summary line of a session, on stderr."""
-    why = " (ktracecli available --rejected says why)" if result.refused else ""
-    print(f"ktracecli: traced {result.traced} functions, refused {result.refused}{why}, "
-          f"{result.events} events recorded, {result.lost} lost, engine {result.engine}",
-          file=sys.stderr, flush=True)

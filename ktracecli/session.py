@@ -136,10 +136,11 @@ class Session:
         self.program = ""
         self._status_at = 0.0
 
-    def supervisor(self, leader: int, stop_signals: tuple[int, ...]) -> Supervisor:
+    def supervisor(self, leader: int, stop_signals: tuple[int, ...], ignore_signals: tuple[int, ...] = ()
+                   ) -> Supervisor:
         """The event loop for this session's processes."""
         watcher = ConfigWatcher(self.config_path) if self.config_path is not None else None
-        return Supervisor(self.shared, leader, watcher, stop_signals, on_tick=self.publish)
+        return Supervisor(self.shared, leader, watcher, stop_signals, ignore_signals, on_tick=self.publish)
 
     def publish(self, force: bool = False) -> None:
         """Rewrite this session's status file (at most every STATUS_EVERY seconds)."""
@@ -167,6 +168,9 @@ class Session:
         self.consumer.stop()
         if self.sink is not None:
             self.sink.close()
+        if outcome.detached_by:
+            for proc in self.consumer.processes:
+                proc.rings.release()
         end = clock.sample()
         if end.ns - self.start.ns < 20_000_000:  # widen a short calibration interval
             time.sleep(0.02)
@@ -236,7 +240,8 @@ def record(settings: RecordSettings, registry: Registry) -> RecordResult:
             raise
         session.consumer.start()
         session.publish(force=True)
-        outcome = session.supervisor(pid, (signal.SIGTERM,)).run()
+        # Ctrl-C is the program's (the terminal sends it to both); SIGTERM or a hang-up detaches
+        outcome = session.supervisor(pid, (signal.SIGTERM, signal.SIGHUP), (signal.SIGINT,)).run()
         if outcome.detached_by:
             exit_status = 128 + outcome.detached_by
         elif outcome.leader_status is not None:

@@ -47,8 +47,10 @@ from ktracecli.watch import ConfigWatcher
 TICK = 0.05
 #: how often processes without a loader hook have their memory map read again
 RESCAN_EVERY = 0.5
-#: a sync left undone (a thread stayed inside a window) is tried again after this long
+#: a sync left undone (a thread stayed inside a window) is tried again after this long, then
+#: twice as long each time it fails again, up to RETRY_MAX
 RETRY_EVERY = 0.1
+RETRY_MAX = 2.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +72,7 @@ class Supervisor:
     """The ptrace event loop of one record or attach session."""
 
     def __init__(self, shared: Shared, leader: int, watcher: ConfigWatcher | None,
-                 stop_signals: tuple[int, ...] = (signal.SIGTERM,),
+                 stop_signals: tuple[int, ...] = (signal.SIGTERM,), ignore_signals: tuple[int, ...] = (),
                  on_tick: Callable[[], None] | None = None) -> None:
         self.shared = shared
         self.world = shared.world
@@ -79,6 +81,7 @@ class Supervisor:
         self.leader = leader
         self.watcher = watcher
         self.stop_signals = stop_signals
+        self.ignore_signals = ignore_signals
         self.on_tick = on_tick
         self.leader_status: int | None = None
         #: while True, noted events are not dispatched (every thread is being held)
@@ -86,6 +89,7 @@ class Supervisor:
         #: children whose birth stop came before their parent's fork event: pid -> when
         self._orphans: dict[int, float] = {}
         self._retry_at = 0.0
+        self._retry_delay = RETRY_EVERY
         self._rescan_at = 0.0
         self._warned: set[str] = set()
 
@@ -93,7 +97,7 @@ class Supervisor:
 
     def run(self) -> Outcome:
         """Resume every held thread and follow the processes to their end, or until told to stop."""
-        with Wakeup(self.stop_signals) as wake:
+        with Wakeup(self.stop_signals, self.ignore_signals) as wake:
             self.world.sleep = wake.wait
             self.shared.consumer.on_map_change = wake.poke
             try:
@@ -189,7 +193,11 @@ class Supervisor:
                 if request is not None and request != proc.dl_handled and proc.rings is not None:
                     proc.rings.dl_acknowledge(request)
                     proc.dl_handled = request
-            self._retry_at = time.monotonic() + RETRY_EVERY
+            if any(p.dirty for p in self.procs.values()):
+                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)  # e.g. a process stopped by SIGSTOP
+            else:
+                self._retry_delay = RETRY_EVERY
+            self._retry_at = time.monotonic() + self._retry_delay
         finally:
             self.holding = False
             self._dispatch_held()

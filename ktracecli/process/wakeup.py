@@ -24,9 +24,12 @@ from typing import Callable
 class Wakeup:
     """The self-pipe and the signal handlers that feed it (install with ``with``)."""
 
-    def __init__(self, stop_signals: tuple[int, ...] = (signal.SIGTERM,)) -> None:
+    def __init__(self, stop_signals: tuple[int, ...] = (signal.SIGTERM,),
+                 ignore_signals: tuple[int, ...] = ()) -> None:
         self._read, self._write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.stop_signals = stop_signals
+        #: signals ktracecli leaves to the traced program (record: Ctrl-C is the program's)
+        self.ignore_signals = ignore_signals
         #: the first stop signal received (SIGTERM, or SIGINT for attach), 0 if none
         self.stop_requested = 0
         self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
@@ -37,6 +40,8 @@ class Wakeup:
         self._previous[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _nothing)
         for signum in self.stop_signals:
             self._previous[signum] = signal.signal(signum, self._on_stop)
+        for signum in self.ignore_signals:
+            self._previous[signum] = signal.signal(signum, signal.SIG_IGN)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -76,6 +76,18 @@ class SharedRings:
         """Slot ``slot``'s ring as a structured array over the shared memory."""
         return np.frombuffer(self.mm, dtype=dtype, count=self.layout.capacity, offset=self.layout.ring_offset(slot))
 
+    def release(self) -> None:
+        """Free the rings' memory once ktracecli has detached and read them for the last time.
+
+        The process keeps the mapping (a thread may still finish a record it began: it
+        lands in a fresh zero page), but the pages it filled go back to the system
+        instead of staying with it until it exits.
+        """
+        try:
+            self.mm.madvise(mmap.MADV_REMOVE, self.layout.rings, self.layout.size - self.layout.rings)
+        except (OSError, ValueError, AttributeError):
+            pass
+
     def beat(self, tsc: int) -> None:
         """Say ktracecli is alive (the loader hook waits for ktracecli only while this is recent)."""
         self._heartbeat.value = tsc

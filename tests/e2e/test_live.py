@@ -650,6 +650,22 @@ def test_exec_of_another_traced_program(builder: Builder, ktrace: Ktrace, tmp_pa
     assert summary_.traced == 2  # tick in each image: two functions, two site indices
 
 
+def test_exec_traces_the_new_images_libraries(builder: Builder, ktrace: Ktrace, tmp_path: Path) -> None:
+    """After exec, the loader maps the new program's libraries; :mod: rules apply to them from their
+    first call (the loader hook is in the new image from the exec's system-call exit)."""
+    execer = builder.build("execer", PIE_O2)
+    target = builder.build("libcall", VARIANTS[1])
+    argv = [execer, "10", target, "333"]
+    untraced = run_untraced(argv)
+    ktrace.configure(["tick", "toupper:mod:libc.so.6"])
+    traced, _summary = ktrace.record(tmp_path / "ex.data", argv)
+    assert (traced.returncode, traced.stdout) == (0, untraced.stdout)
+    trace = ktrace.show(tmp_path / "ex.data")
+    assert collections.Counter((e.comm, e.func) for e in trace.entries) == {
+        (execer.name[:15], "tick"): 10, (target.name[:15], "toupper"): program_counts(untraced.stdout)["toupper"]}
+    assert {e.parent for e in trace.of("toupper")} == {"main"}
+
+
 @pytest.mark.parametrize("variant", [VARIANTS[0], VARIANTS[7]], ids=[VARIANTS[0].name, VARIANTS[7].name])
 def test_fork_child_has_its_own_rings_and_pid(builder: Builder, ktrace: Ktrace, tmp_path: Path,
                                               variant: Variant) -> None:

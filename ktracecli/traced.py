@@ -28,7 +28,8 @@ from ktracecli.errors import KtraceError, ProcessError
 from ktracecli.interface import Engine, FunctionSite, Tracer
 from ktracecli.model import Patch
 from ktracecli.process import ptrace
-from ktracecli.process.remote import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, RemoteCaller
+from ktracecli.process.remote import (MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, RemoteCaller,
+                                      restart_pending)
 from ktracecli.process.tracee import Tracee
 from ktracecli.process.world import StopKind, Thread, World
 from ktracecli.runtime import dlhook
@@ -313,10 +314,11 @@ class TracedProcess:
             if thread.status is None or world.step_out(thread, windows):
                 continue  # a thread that is not held cannot run (vfork), or it is outside now
             try:
-                rip = ptrace.get_regs(thread.tid).rip
+                regs = ptrace.get_regs(thread.tid)
             except ptrace.PtraceError:
                 continue
-            held |= {lo for lo, hi in windows if lo < rip < hi}
+            for rip in (regs.rip, regs.rip - 2 if restart_pending(regs) else regs.rip):
+                held |= {lo for lo, hi in windows if lo < rip < hi}
         return held
 
     def restore(self) -> None:

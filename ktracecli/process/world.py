@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ktracecli.process import ptrace
+from ktracecli.process.remote import restart_pending
 
 #: a wait status meaning "held by ktracecli, resume with no signal" (PTRACE_EVENT_STOP, SIGTRAP)
 HELD = (ptrace.PTRACE_EVENT_STOP << 16) | (signal.SIGTRAP << 8) | 0x7F
@@ -246,22 +247,26 @@ class World:
         thread.status = None
 
     def step_out(self, thread: Thread, windows: list[tuple[int, int]], steps: int = 64) -> bool:
-        """Single-step a held thread until its rip is in none of ``windows`` (lo < rip < hi).
+        """Single-step a held thread until it will resume in none of ``windows`` (lo < rip < hi).
 
-        False if it is still inside after ``steps`` steps, or stopped for another
-        reason (an event, which stays held for the session to dispatch).
+        A thread held inside a blocking system call resumes at its ``syscall``
+        instruction (rip - 2: the kernel restarts the call); it cannot be stepped
+        out, it has to be left alone until it returns.  False if the thread is
+        still inside after ``steps`` steps, is in such a call, or stopped for
+        another reason (an event, which stays held for the session to dispatch).
         """
         for _ in range(steps):
             if thread.status is None or thread.tid not in self.threads:
                 return True  # it exited
-            if thread.kind not in (StopKind.INTERRUPT, StopKind.BIRTH, StopKind.SIGNAL):
-                return False
             try:
-                rip = ptrace.get_regs(thread.tid).rip
+                regs = ptrace.get_regs(thread.tid)
             except ptrace.PtraceError:
                 return True
-            if not any(lo < rip < hi for lo, hi in windows):
+            resume_at = regs.rip - 2 if restart_pending(regs) else regs.rip
+            if not any(lo < resume_at < hi for lo, hi in windows):
                 return True
+            if resume_at != regs.rip or thread.kind not in (StopKind.INTERRUPT, StopKind.BIRTH, StopKind.SIGNAL):
+                return False
             self.borrow(thread)
             try:
                 ptrace.singlestep(thread.tid, 0)

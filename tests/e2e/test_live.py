@@ -139,7 +139,7 @@ def live_commands(program: LiveProgram, script: Sequence[str]) -> None:
 
 def untraced_output(exe: Path, nthreads: int, script: Sequence[str], tmp_path: Path) -> str:
     """What live.c prints running ``script`` untraced."""
-    program = LiveProgram([exe, str(nthreads)], tmp_path / "untraced.stderr")
+    program = LiveProgram([exe, str(nthreads)], tmp_path / "untraced.stderr", cwd=tmp_path)
     try:
         for command in script:
             if command.startswith("run "):
@@ -311,6 +311,37 @@ def test_attach_detach_restores_every_byte(builder: Builder, ktrace: Ktrace, tmp
     assert_phase(trace, phase2, {"alpha", "beta"})
     counts = summary(err)
     assert counts["events"] == len(trace.entries)
+
+
+def test_attach_detach_with_the_mcount_engine(builder: Builder, ktrace: Ktrace, tmp_path: Path) -> None:
+    """The mcount engine's one-time patches (every compiler-made site to a NOP) are undone at detach too."""
+    exe = builder.build("live", Variant("pg-fentry-O2", ("-O2", "-pg", "-mfentry", "-fPIE", "-pie")))
+    script = ["run 100", "run 100", "run 10"]
+    expected = untraced_output(exe, 3, script, tmp_path)
+    ktrace.configure(["alpha", "beta"])
+    ktrace.ok("engine", "mcount")
+    program = LiveProgram([exe, "3"], tmp_path / "program.stderr", cwd=tmp_path)
+    data = tmp_path / "attach.data"
+    try:
+        tracer = attach(ktrace, program.pid, data, tmp_path / "attach.stderr")
+        assert len(code_differences(program.pid)) >= 1
+        program.run(100)
+        ktrace.ok("ktrace", "remove", "beta")
+        wait_applied(ktrace, tracer.pid, traced=1)
+        program.run(100)
+        tracer.send_signal(signal.SIGINT)
+        assert tracer.wait(timeout=TIMEOUT) == 0
+        assert code_differences(program.pid) == []
+        program.run(10)
+        out, status = program.quit()
+    finally:
+        program.kill()
+    assert (out, status) == (expected, 0)
+    assert "engine mcount" in (tmp_path / "attach.stderr").read_text()
+    trace = show(ktrace, data)
+    phases = program.phases()
+    assert_phase(trace, phases[1], {"alpha", "beta"})
+    assert_phase(trace, phases[2], {"alpha"})
 
 
 def test_attach_does_not_disturb_blocked_system_calls(builder: Builder, ktrace: Ktrace, tmp_path: Path) -> None:

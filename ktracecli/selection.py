@@ -90,11 +90,11 @@ class Selector:
         chosen: list[tuple[LoadedModule, FunctionSite]] = []
         refused = 0
         for i in selection.indices:
-            module, site = entries[i]
-            if site is None:
+            module, maybe_site = entries[i]
+            if maybe_site is None:
                 refused += 1
             else:
-                chosen.append((module, site))
+                chosen.append((module, maybe_site))
         return Plan(chosen, refused)
 
     def _explain_nothing_traceable(self, analyses: list[tuple[str, Analysis]]) -> None:

@@ -262,7 +262,7 @@ def seize(pid: int) -> dict[int, bool]:
                         pass
                 if exc.errno == errno.ESRCH:
                     raise ProcessError(f"process {pid} exited") from None
-                raise ProcessError(f"not allowed to trace process {pid}: {os.strerror(exc.errno)}"
+                raise ProcessError(f"not allowed to trace process {pid}: {os.strerror(exc.errno or errno.EPERM)}"
                                    f"{_ptrace_rules_hint()}") from None
             seized[tid] = state in ("Z", "X")
     if not seized:

@@ -21,7 +21,7 @@ class FunctionTracer:
 
     name: ClassVar[str] = "function"
     description: ClassVar[str] = "one line per traced call, with its caller"
-    record_dtype: ClassVar[np.dtype] = RECORD_DTYPE
+    record_dtype: ClassVar["np.dtype | None"] = RECORD_DTYPE
 
     def handler_source(self, layout: "RuntimeLayout") -> str:
         """Assembly of the handler that writes one record per call."""

@@ -99,12 +99,12 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 65536) -> None:
     lost_before: dict[tuple[int, int], int] = {}
     trailing: list[tuple[int, int]] = []
     for i, t in enumerate(threads):
-        for at, count in t.lost:
+        for at, dropped in t.lost:
             if at < len(records[i]):
-                lost_before[(i, at)] = lost_before.get((i, at), 0) + count
+                lost_before[(i, at)] = lost_before.get((i, at), 0) + dropped
             else:
                 last_cpu = int(records[i]["parent"][-1]) >> 48 if len(records[i]) else 0
-                trailing.append((last_cpu, count))
+                trailing.append((last_cpu, dropped))
     tasks = [task_field(t.comm, t.tid) for t in threads]
     thread_space = np.array([t.space for t in threads], dtype=np.int64)
     site_names = data.sites

@@ -233,6 +233,9 @@ class Supervisor:
             for other in self.world.of(thread.pid):
                 if other.tid != tid:
                     self.world.forget(other.tid)  # every other thread is gone, the exec'ing one is now the leader
+            # the leader's tid now names the thread that exec'd (the old leader may have exited before)
+            thread.exiting = thread.vfork_wait = False
+            thread.seen = True
             proc.exec_replaced()
         if not self.holding:
             self._dispatch(thread)

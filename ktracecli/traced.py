@@ -161,7 +161,7 @@ class TracedProcess:
         self.installer = Installer(self.tracee, caller, sh.engine, sh.tracer, rings.layout)
         self.installer.guard = self._guard
         self.space = sh.spaces.new(self.modules)
-        sh.consumer.add(self.pid, rings, sh.dtype, self.space)
+        sh.consumer.add(self.pid, rings, sh.dtype, self.space, comm=self.comm)
         self.mode = Mode.READY
         try:
             self._hook(caller)
@@ -202,7 +202,7 @@ class TracedProcess:
             rings.unlink()
         self.rings = rings
         self.installer.caller = caller
-        sh.consumer.add(self.pid, rings, sh.dtype, self.space)
+        sh.consumer.add(self.pid, rings, sh.dtype, self.space, comm=self.comm)
         self.mode = Mode.READY
 
     def exec_replaced(self) -> None:

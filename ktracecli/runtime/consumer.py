@@ -45,8 +45,10 @@ class ProcessRings:
     comms: dict[int, str] = field(default_factory=dict)
     #: the loader hook's request count last reported to the ptrace thread
     dl_seen: int = 0
-    #: the name of threads whose comm was not read in time (the image is gone: exec)
+    #: the name of threads whose comm was not read in time (the thread or its image is gone)
     comm_hint: str | None = None
+    #: the image is gone (exec): /proc shows another program's names now
+    retired: bool = False
 
 
 Sink = Callable[[list[LiveBatch]], None]
@@ -79,11 +81,11 @@ class Consumer:
         self._sink_lock = threading.Lock()
         self._lost_retired = 0
 
-    def add(self, pid: int, rings: SharedRings, dtype: np.dtype, space: int = 0) -> None:
-        """Start consuming a process's rings."""
+    def add(self, pid: int, rings: SharedRings, dtype: np.dtype, space: int = 0, comm: str | None = None) -> None:
+        """Start consuming a process's rings (``comm``: its name, for threads gone before they are seen)."""
         rings.beat(clock.rdtsc())
         with self._lock:
-            self.processes.append(ProcessRings(pid, rings, dtype, space))
+            self.processes.append(ProcessRings(pid, rings, dtype, space, comm_hint=comm))
 
     def start(self) -> None:
         """Start the background thread."""
@@ -191,7 +193,10 @@ class Consumer:
         take1 = min(complete, first)
         comm = proc.comms.get(tid)
         if comm is None:
-            comm = proc.comms[tid] = proc.comm_hint or _comm(proc.pid, tid)
+            comm = _comm(proc.pid, tid) if not proc.retired else "<...>"
+            if comm == "<...>" and proc.comm_hint:
+                comm = proc.comm_hint  # the thread is gone, or its image (exec): its process's name then
+            proc.comms[tid] = comm
         lost_at = min(max(drop_pos - tail, 0), complete) if new_lost else 0
         # written straight from the shared ring; the slots are only given back afterwards
         self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost, space=proc.space)
@@ -213,7 +218,8 @@ class Consumer:
         with self._lock:
             for proc in self.processes:
                 if proc.rings is rings:
-                    proc.comm_hint = comm_hint
+                    proc.comm_hint = comm_hint or proc.comm_hint
+                    proc.retired = True
                     slots = rings.slots
                     for i in range(rings.layout.nslots):
                         if slots[i].state:

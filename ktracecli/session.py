@@ -120,18 +120,17 @@ class Session:
         self.start = clock.sample()
         time.sleep(0.01)  # a first calibration, for the loader hook's timeouts and live timestamps
         early = clock.Calibration.between(self.start, clock.sample())
+        sites, spaces = SiteTable(), Spaces()
+        self.sink = StreamSink(tracer, SessionView(sites, spaces, self.start)) if live else None
         self.writer = DataWriter(output)
         self.consumer = Consumer(self.writer)
+        self.consumer.sink = self.sink
         layout = RuntimeLayout.for_buffer(buffer_size_kb, tracer.record_dtype.itemsize)
         self.shared = Shared(engine=engine, tracer=tracer, dtype=tracer.record_dtype, layout=layout,
-                             selector=Selector(engine, rules), sites=SiteTable(), consumer=self.consumer,
-                             world=World(note=lambda tid, thread, st: None), spaces=Spaces(),
+                             selector=Selector(engine, rules), sites=sites, consumer=self.consumer,
+                             world=World(note=lambda tid, thread, st: None), spaces=spaces,
                              ns_per_tick=early.ns_per_tick)
         self.world = self.shared.world
-        self.sink: StreamSink | None = None
-        if live:
-            self.sink = StreamSink(tracer, SessionView(self.shared.sites, self.shared.spaces, self.start))
-            self.consumer.sink = self.sink
         self.leader: TracedProcess | None = None
         self.program = ""
         self._status_at = 0.0

@@ -17,6 +17,7 @@ from typing import TextIO
 
 import numpy as np
 
+from ktracecli.errors import UsageError
 from ktracecli.interface import LiveBatch, LiveWriter, Tracer
 from ktracecli.runtime import clock
 from ktracecli.selection import SiteTable
@@ -62,7 +63,10 @@ class StreamSink:
     """Feeds drained records to a tracer's live writer; stops quietly if stdout is closed."""
 
     def __init__(self, tracer: Tracer, view: SessionView, out: TextIO = sys.stdout) -> None:
-        self.writer: LiveWriter | None = tracer.live_writer(view, out)
+        make = getattr(tracer, "live_writer", None)
+        if make is None:  # a tracer plugin written before --live existed
+            raise UsageError(f"the {tracer.name} tracer cannot stream its output (--live)")
+        self.writer: LiveWriter | None = make(view, out)
         self.out = out
 
     def __call__(self, batches: Sequence[LiveBatch]) -> None:

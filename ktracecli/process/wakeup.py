@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import threading
 from types import FrameType
 from typing import Callable
 
@@ -34,6 +35,8 @@ class Wakeup:
         self.stop_requested = 0
         self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
         self._previous_fd = -1
+        self._lock = threading.Lock()  # poke() from another thread never writes to a closed (reused) fd
+        self._closed = False
 
     def __enter__(self) -> "Wakeup":
         self._previous_fd = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
@@ -48,8 +51,10 @@ class Wakeup:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         signal.set_wakeup_fd(self._previous_fd)
-        os.close(self._read)
-        os.close(self._write)
+        with self._lock:
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         if not self.stop_requested:
@@ -57,10 +62,13 @@ class Wakeup:
 
     def poke(self) -> None:
         """Wake the ptrace thread (safe from any thread)."""
-        try:
-            os.write(self._write, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # the pipe is full: a wake-up is pending already
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                os.write(self._write, b"\0")
+            except OSError:
+                pass  # the pipe is full: a wake-up is pending already
 
     def wait(self, timeout: float) -> None:
         """Sleep until poked, a signal arrives or ``timeout`` seconds pass; then empty the pipe."""

@@ -127,15 +127,17 @@ class Supervisor:
             elif self.watcher.error and "config" not in self._warned:
                 self._warned.add("config")
                 notice(f"{self.watcher.error} (ignored until it is fixed)")
-        hooks = any(p.mode is Mode.READY and p.rings is not None and p.rings.dl_request != p.dl_handled
-                    for p in self.procs.values())
+        hooks = {p.pid for p in self.procs.values()
+                 if p.mode is Mode.READY and p.rings is not None and p.rings.dl_request != p.dl_handled}
         dirty = any(p.dirty for p in self.procs.values()) and now >= self._retry_at
         rescan = False
         if now >= self._rescan_at:
             self._rescan_at = now + RESCAN_EVERY
             rescan = any(p.mode is Mode.READY and not p.hooked and p.modules_changed() for p in self.procs.values())
-        if changed or hooks or dirty or rescan:
+        if changed or dirty or rescan:
             self.change(rescan_unhooked=rescan)
+        elif hooks:  # a library was loaded or unloaded: only the processes concerned are held
+            self.change(pids=hooks | {p.pid for p in self.procs.values() if p.memory_of in hooks})
         for pid, since in list(self._orphans.items()):
             if now - since > 1.0:  # its parent never reported the fork: adopt it by its PPid
                 self._adopt_orphan(pid)
@@ -165,18 +167,20 @@ class Supervisor:
 
     # -- applying a change --------------------------------------------------------------------
 
-    def change(self, rescan_unhooked: bool = False) -> None:
-        """Hold every thread, sync every process (reading new libraries first), resume."""
+    def change(self, rescan_unhooked: bool = False, pids: set[int] | None = None) -> None:
+        """Hold every thread (of ``pids``, or all), sync those processes (reading new libraries first), resume."""
         self.holding = True
         try:
             try:
-                self.world.stop_all()
+                self.world.stop_all(pids)
             except StopTimeout:
                 for proc in self.procs.values():
                     proc.dirty = True
                 self._retry_at = time.monotonic() + 1.0
                 return
             for proc in list(self.procs.values()):
+                if pids is not None and proc.pid not in pids:
+                    continue
                 if proc.mode is not Mode.READY and proc.mode is not Mode.FRESH or self._exiting(proc):
                     continue
                 request = proc.rings.dl_request if proc.mode is Mode.READY and proc.rings is not None else None
@@ -193,11 +197,12 @@ class Supervisor:
                 if request is not None and request != proc.dl_handled and proc.rings is not None:
                     proc.rings.dl_acknowledge(request)
                     proc.dl_handled = request
-            if any(p.dirty for p in self.procs.values()):
-                self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)  # e.g. a process stopped by SIGSTOP
-            else:
-                self._retry_delay = RETRY_EVERY
-            self._retry_at = time.monotonic() + self._retry_delay
+            if pids is None:
+                if any(p.dirty for p in self.procs.values()):
+                    self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)  # e.g. a process stopped by SIGSTOP
+                else:
+                    self._retry_delay = RETRY_EVERY
+                self._retry_at = time.monotonic() + self._retry_delay
         finally:
             self.holding = False
             self._dispatch_held()

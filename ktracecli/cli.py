@@ -16,13 +16,16 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ktracecli import config, filters
 from ktracecli.errors import KtraceError, UsageError
 from ktracecli.registry import build_registry
+
+if TYPE_CHECKING:
+    from ktracecli.session import RecordResult
 
 #: exit status of a command whose standard output was closed early (128 + SIGPIPE), like cat's
 EXIT_BROKEN_PIPE = 141
@@ -265,6 +268,9 @@ def available(
 # --- record and show ------------------------------------------------------------------------
 
 
+LIVE_HELP = "Print events as they happen, in the tracer's format (like the kernel's trace_pipe)."
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def record(
     ctx: typer.Context,
@@ -272,8 +278,13 @@ def record(
         metavar="PROGRAM [ARGS]", help="The program to run and trace, with its own arguments.")],
     output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
                                          help="Data directory to write.")] = Path("ktrace.data"),
+    live: Annotated[bool, typer.Option("--live", help=LIVE_HELP)] = False,
 ) -> None:
-    """Run PROGRAM under the current engine and tracer and record what it calls."""
+    """Run PROGRAM under the current engine and tracer and record what it calls.
+
+    While it runs, 'ktracecli ktrace add/remove/clear' and 'ktracecli tracer'
+    change what is traced in it.
+    """
     from ktracecli import session
 
     path = _config_path(ctx)
@@ -288,15 +299,81 @@ def record(
         config_path=path,
         max_graph_depth=settings.max_graph_depth,
         tracing_thresh=settings.tracing_thresh,
+        live=live,
     )
     result = session.record(record_settings, build_registry())
+    _summary(result)
+    raise typer.Exit(result.exit_status)
+
+
+@app.command()
+def attach(
+    ctx: typer.Context,
+    pid: Annotated[int, typer.Argument(metavar="PID", help="The running process to trace.", min=1)],
+    output: Annotated[Path, typer.Option("-o", "--output", metavar="DIR",
+                                         help="Data directory to write.")] = Path("ktrace.data"),
+    live: Annotated[bool, typer.Option("--live", help=LIVE_HELP)] = False,
+) -> None:
+    """Trace a running process, all its threads, until Ctrl-C, SIGTERM or its exit.
+
+    On Ctrl-C or SIGTERM every original byte is put back and the process goes on
+    untraced.  While it runs, 'ktracecli ktrace add/remove/clear' and
+    'ktracecli tracer' change what is traced in it.
+    """
+    from ktracecli import session
+
+    path = _config_path(ctx)
+    settings = config.load(path)
+    attach_settings = session.AttachSettings(
+        pid=pid,
+        output=output,
+        engine=settings.engine,
+        tracer=settings.tracer,
+        filters=settings.filters,
+        buffer_size_kb=settings.buffer_size_kb,
+        config_path=path,
+        live=live,
+        max_graph_depth=settings.max_graph_depth,
+        tracing_thresh=settings.tracing_thresh,
+    )
+    result = session.attach(attach_settings, build_registry())
+    _summary(result)
+
+
+def _summary(result: "RecordResult") -> None:
+    """The one summary line of a record or attach session, on stderr."""
     why = " (ktracecli available --rejected says why)" if result.refused else ""
     typer.echo(
         f"ktracecli: traced {result.traced} functions, refused {result.refused}{why}, "
         f"{result.events} events recorded, {result.lost} lost, engine {result.engine}",
         err=True,
     )
-    raise typer.Exit(result.exit_status)
+
+
+@app.command("status")
+def status_(
+    json_: Annotated[bool, typer.Option("--json", help="One JSON object per session, one per line.")] = False,
+) -> None:
+    """List the running record and attach sessions of this user."""
+    import dataclasses
+    import json
+
+    from ktracecli import status
+
+    sessions = status.running()
+    if json_:
+        for s in sessions:
+            typer.echo(json.dumps(dataclasses.asdict(s)))
+        return
+    if not sessions:
+        typer.echo("no running sessions", err=True)
+        return
+    header = ("PID", "PROGRAM", "ENGINE", "TRACER", "FUNCTIONS", "EVENTS", "LOST", "SESSION")
+    rows = [(str(s.pid), s.program if len(s.program) <= 40 else s.program[:37] + "...", s.engine, s.tracer,
+             str(s.traced), str(s.events), str(s.lost), f"{s.kind} ({s.ktracecli_pid})") for s in sessions]
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 @app.command()

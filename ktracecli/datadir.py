@@ -4,13 +4,19 @@ Layout::
 
     info.json       program, pid, engine, tracer, CPU count, clock calibration, totals
     sites.json      site index -> function name, module, process address
-    modules.json    executable modules mapped in the process, with their symbol files
+    modules.json    executable modules mapped in the traced processes, with their symbol files
+                    and the address space each belongs to ("space", 0 if absent)
     symbols/N.json  one module's function symbols (module-relative, sorted)
-    threads.json    per thread: pid, tid, comm, record count, lost-event markers
-    events/P-T.bin  the thread's raw ring records, in order
+    threads.json    per thread: pid, tid, comm, address space, record count, lost-event markers
+    events/P-T.bin  the thread's raw ring records, in order (P-T-sS.bin in address space S > 0)
+
+An address space is one process image: the first process is space 0, and each
+forked child and each image an ``exec`` loads gets a new one, so that callers
+are named with the modules mapped where the call happened.
 
 It is written under a temporary name beside the target and renamed into place
-at the end, so an existing trace is only replaced by a complete one.
+at the end, so an existing trace is only replaced by a complete one.  A
+temporary left by a ktracecli that was killed is removed by the next one.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ class _ThreadFile:
     pid: int
     tid: int
     comm: str
+    space: int
     name: str
     handle: BinaryIO
     records: int = 0
@@ -68,6 +75,29 @@ class _ThreadFile:
         self.handle.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Remove temporaries of ``target`` whose ktracecli is gone (killed before it could finish)."""
+    prefix = f".{target.name}.partial-"
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
+            if not _alive(int(entry.name[len(prefix):])):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 class DataWriter:
     """Streams records into a new data directory and publishes it when complete.
 
@@ -79,28 +109,30 @@ class DataWriter:
         self.target = target
         if target.exists() and not (target / "info.json").exists():
             raise UsageError(f"{target} exists and is not a ktracecli data directory; choose another -o")
+        _remove_stale_partials(target)
         self.tmp = target.parent / f".{target.name}.partial-{os.getpid()}"
         if self.tmp.exists():
             shutil.rmtree(self.tmp)
         (self.tmp / "events").mkdir(parents=True)
         (self.tmp / "symbols").mkdir()
-        self._threads: dict[tuple[int, int], _ThreadFile] = {}
+        self._threads: dict[tuple[int, int, int], _ThreadFile] = {}
         self.bytes_written = 0
         self._spool = Spool()
 
-    def thread(self, pid: int, tid: int, comm: str) -> _ThreadFile:
-        """The open stream of one thread, created on first use."""
-        key = (pid, tid)
+    def thread(self, pid: int, tid: int, comm: str, space: int = 0) -> _ThreadFile:
+        """The open stream of one thread in one address space, created on first use."""
+        key = (pid, tid, space)
         stream = self._threads.get(key)
         if stream is None:
-            name = f"events/{pid}-{tid}.bin"
-            stream = _ThreadFile(pid, tid, comm, name, open(self.tmp / name, "wb"))
+            name = f"events/{pid}-{tid}.bin" if not space else f"events/{pid}-{tid}-s{space}.bin"
+            stream = _ThreadFile(pid, tid, comm, space, name, open(self.tmp / name, "wb"))
             self._threads[key] = stream
         return stream
 
-    def append(self, pid: int, tid: int, comm: str, records: np.ndarray, lost_at: int = 0, lost: int = 0) -> None:
+    def append(self, pid: int, tid: int, comm: str, records: np.ndarray, lost_at: int = 0, lost: int = 0,
+               space: int = 0) -> None:
         """Append a thread's records; ``lost`` events were dropped before record ``lost_at`` of this batch."""
-        stream = self.thread(pid, tid, comm)
+        stream = self.thread(pid, tid, comm, space)
         if lost:
             stream.lost.append((stream.records + lost_at, lost))
         if len(records):
@@ -129,7 +161,7 @@ class DataWriter:
         threads = []
         for t in self._threads.values():
             t.close()
-            threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "events": t.name,
+            threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "space": t.space, "events": t.name,
                             "records": t.records, "lost": t.lost})
         self.write_json("threads.json", threads)
         self.write_json("info.json", {"version": FORMAT_VERSION, **info})
@@ -161,6 +193,8 @@ class ThreadData:
     comm: str
     records: np.ndarray
     lost: list[tuple[int, int]]
+    #: the address space (process image) the records were made in
+    space: int = 0
 
 
 @dataclass
@@ -213,7 +247,7 @@ def load(path: Path, record_dtype: np.dtype | None = None) -> TraceData:
                 raise DataError(f"corrupt data directory {path}: {t['events']} is truncated")
             records = raw.view(dtype) if itemsize else np.zeros(0, dtype)
             threads.append(ThreadData(int(t["pid"]), int(t["tid"]), str(t["comm"]), records,
-                                      [(int(a), int(b)) for a, b in t["lost"]]))
+                                      [(int(a), int(b)) for a, b in t["lost"]], int(t.get("space", 0))))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"corrupt data directory {path}: {exc}") from None
     except FileNotFoundError as exc:

@@ -27,9 +27,17 @@ generated tracer code, identical for every engine::
     (which the stub restores) and the status flags too (-fipa-ra could in
     principle keep them live); DF stays clear; no vector register is touched.
 
-Sites are numbered densely from 0 across all modules of one process; the site
-index is what records carry, and ``sites.json`` in the data directory maps it
-back to a function.
+Sites are numbered from 0 across all modules and processes of one session, in
+the order they are first enabled; an index is never given to another function
+in the same session (a site disabled and enabled again keeps its index; a
+library loaded later, a forked child's copy, an exec'd image all get indices of
+their own where their functions differ).  The site index is what records
+carry, and ``sites.json`` in the data directory maps it back to a function.
+
+Live output (``--live``, the kernel's ``trace_pipe``): while a session runs,
+the consumer thread hands each round's records to the tracer's
+:class:`LiveWriter`, which prints them in the tracer's format, without a
+header, with ``CPU:N [LOST M EVENTS]`` lines where a ring overflowed.
 
 A tracer may also need code of its own in each process, placed once and
 reached from every handler (function_graph's return trampoline), private
@@ -43,7 +51,7 @@ none of it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol, TextIO
+from typing import TYPE_CHECKING, ClassVar, Protocol, Sequence, TextIO
 
 from ktracecli.options import TraceOptions
 
@@ -143,6 +151,54 @@ class ShowSettings:
     per_thread: bool = False
 
 
+@dataclass(frozen=True)
+class LiveBatch:
+    """Records one thread made, drained in one round (a copy the writer may keep)."""
+
+    pid: int
+    tid: int
+    comm: str
+    #: the address space (process image) the records were made in: name callers with it
+    space: int
+    #: records of the tracer's ``record_dtype``, in the order the thread made them
+    records: "np.ndarray"
+    #: ``lost`` events were dropped (the ring was full) just before ``records[lost_at]``
+    #: (after the last record when ``lost_at == len(records)``)
+    lost_at: int = 0
+    lost: int = 0
+
+
+class LiveContext(Protocol):
+    """What a :class:`LiveWriter` may ask of the running session; safe from the consumer thread."""
+
+    #: CPUs online
+    ncpus: int
+
+    def site_name(self, index: int) -> str:
+        """The function name of a site index (every index a record carries is known)."""
+        ...
+
+    def symbolize(self, space: int, addrs: "np.ndarray") -> list[str]:
+        """Function names of process addresses in address space ``space`` (hex when unknown)."""
+        ...
+
+    def timestamps_ns(self, tsc: "np.ndarray") -> "np.ndarray":
+        """CLOCK_MONOTONIC nanoseconds (int64) of TSC readings, with the session's calibration so far."""
+        ...
+
+
+class LiveWriter(Protocol):
+    """Prints a running session's records as they are drained (``trace_pipe``)."""
+
+    def write(self, batches: Sequence[LiveBatch]) -> None:
+        """Print one round of records (merge the threads in time order within it), then flush."""
+        ...
+
+    def close(self) -> None:
+        """The session is over: print what is held back, if anything, and flush."""
+        ...
+
+
 class Tracer(Protocol):
     """Decides what the handler records in the tracee and how recorded data is shown.
 
@@ -171,4 +227,14 @@ class Tracer(Protocol):
 
     def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:
         """Print recorded data in this tracer's ftrace format."""
+        ...
+
+    def live_writer(self, context: LiveContext, out: TextIO) -> LiveWriter:
+        """A writer that streams a running session's records to ``out`` in this tracer's format.
+
+        Like reading the kernel's ``trace_pipe``: the same lines as :meth:`show`
+        without its header, printed as they come.  A tracer may hold records
+        back (function_graph, to pair an entry with its return) until
+        :meth:`LiveWriter.close`.
+        """
         ...

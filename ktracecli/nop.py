@@ -7,6 +7,7 @@ exactly as a third-party tracer package would.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, TextIO
 
 from ktracecli.hookspecs import hookimpl
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ktracecli.datadir import TraceData
+    from ktracecli.interface import LiveBatch, LiveContext
     from ktracecli.registry import Registry
     from ktracecli.runtime.layout import RuntimeLayout
 
@@ -39,6 +41,20 @@ class NopTracer:
     def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:
         """Print what the kernel's ``trace`` file shows under nop: the header and nothing else."""
         out.write("# tracer: nop\n#\n")
+
+    def live_writer(self, context: "LiveContext", out: TextIO) -> "NopLiveWriter":
+        """trace_pipe under nop: nothing is ever printed."""
+        return NopLiveWriter()
+
+
+class NopLiveWriter:
+    """The live writer of the nop tracer: there are no records to print."""
+
+    def write(self, batches: "Sequence[LiveBatch]") -> None:
+        """Print nothing."""
+
+    def close(self) -> None:
+        """Nothing to flush."""
 
 
 @hookimpl

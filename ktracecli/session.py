@@ -1,10 +1,17 @@
-"""A ``record`` session: start the program under ptrace, patch it, collect its trace.
+"""``record`` and ``attach`` sessions: get hold of a process, patch it, follow it, write the trace.
 
-The steps, in order: check the program and the patterns, fork and exec it
-stopped, run it to its entry point (the dynamic loader has mapped its
-libraries), analyse the modules the patterns name, map the shared rings, write
-handlers and stubs, enable the sites, and resume.  Then follow the process's
-threads and children until it exits, draining the rings as it runs.
+record: check the program and the patterns, fork and exec it stopped, run it
+to its entry point (the dynamic loader has mapped its libraries), set it up
+(analyse the modules the patterns name, map the shared rings, write handlers
+and stubs, enable the sites, hook the loader), and resume.
+
+attach: seize every thread of a running process, hold them all, set it up the
+same way, and resume; on Ctrl-C or SIGTERM, hold them again, restore every
+original byte and detach, leaving the process running as before.
+
+Both then follow the process's threads and children (supervisor), apply the
+config file's changes while they run, drain the rings as they go (streaming
+them with ``--live``), and publish their state for ``ktracecli status``.
 """
 
 from __future__ import annotations
@@ -14,28 +21,32 @@ import resource
 import signal
 import subprocess
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ktracecli import analysis_cache, filters
+from ktracecli import filters, status
 from ktracecli.datadir import DataWriter
 from ktracecli.elf.image import ElfImage
-from ktracecli.errors import NoMatchError, ProgramError
-from ktracecli.interface import Analysis, Engine, FunctionSite, Tracer
-from ktracecli.model import Refusal
+from ktracecli.errors import ProcessError, UsageError
+from ktracecli.interface import Engine, Tracer
 from ktracecli.process import ptrace
-from ktracecli.process.remote import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, RemoteCaller
-from ktracecli.process.tracee import AT_ENTRY, Tracee, resolve_program, spawn
+from ktracecli.process.tracee import AT_ENTRY, Tracee, process_exe, resolve_program, seize, spawn
+from ktracecli.process.world import HELD, StopKind, StopTimeout, Thread, World
 from ktracecli.registry import Registry
 from ktracecli.runtime import clock
 from ktracecli.runtime.consumer import Consumer
-from ktracecli.runtime.installer import Installer, LoadedModule
+from ktracecli.runtime.installer import LoadedModule
 from ktracecli.runtime.layout import RuntimeLayout
-from ktracecli.runtime.shm import SharedRings
-from ktracecli.supervisor import Supervisor
+from ktracecli.selection import Selector, SiteTable
+from ktracecli.stream import SessionView, StreamSink
+from ktracecli.supervisor import Outcome, Supervisor, notice
 from ktracecli.symbols import write_modules
+from ktracecli.traced import Shared, Spaces, TracedProcess
+from ktracecli.watch import ConfigWatcher
+
+#: how often ``ktracecli status`` sees a session's numbers change
+STATUS_EVERY = 0.5
 
 
 @dataclass(frozen=True)
@@ -49,14 +60,31 @@ class RecordSettings:
     filters: tuple[str, ...] = ()
     buffer_size_kb: int = 16384
     config_path: Path | None = None
+    live: bool = False
     #: the kernel's function_graph knobs (0 = unlimited / off); tracing_thresh in microseconds
     max_graph_depth: int = 0
     tracing_thresh: int = 0
 
 
 @dataclass(frozen=True)
+class AttachSettings:
+    """Everything ``attach`` needs, already validated by the CLI."""
+
+    pid: int
+    output: Path
+    engine: str
+    tracer: str
+    filters: tuple[str, ...] = ()
+    buffer_size_kb: int = 16384
+    config_path: Path | None = None
+    live: bool = False
+    max_graph_depth: int = 0
+    tracing_thresh: int = 0
+
+
+@dataclass(frozen=True)
 class RecordResult:
-    """What a finished record session reports."""
+    """What a finished session reports."""
 
     exit_status: int
     engine: str
@@ -64,244 +92,275 @@ class RecordResult:
     refused: int
     events: int
     lost: int
+    #: attach: the signal that made ktracecli detach, 0 if the process exited
+    detached_by: int = 0
+    #: attach: the process's wait status if it exited while traced
+    process_status: int | None = None
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The sites to enable, per module, and the functions refused among those selected."""
-
-    #: (index into the module list given to :meth:`Recorder.plan`, [(site index, site)])
-    modules: list[tuple[int, list[tuple[int, FunctionSite]]]]
-    refused: int
-
-
-def loaded_modules(tracee: Tracee) -> list[LoadedModule]:
-    """ELF modules with executable mappings in the tracee (main program first)."""
-    spans: dict[str, list[int]] = {}
-    file_zero: dict[str, int] = {}
-    executable: set[str] = set()
-    for m in tracee.maps():
-        if not m.path.startswith("/"):
-            continue
-        lo_hi = spans.setdefault(m.path, [m.start, m.end])
-        lo_hi[0], lo_hi[1] = min(lo_hi[0], m.start), max(lo_hi[1], m.end)
-        if m.offset == 0:
-            file_zero.setdefault(m.path, m.start)
-        if m.executable:
-            executable.add(m.path)
-    modules = []
-    for path in spans:
-        if path not in executable or path not in file_zero:
-            continue
-        try:
-            image = ElfImage.open(path)
-        except ProgramError:
-            continue
-        with image:
-            bias = file_zero[path] - image.first_load_vaddr
-        modules.append(LoadedModule(path, os.path.basename(path), bias, *spans[path]))
-    return modules
+def _exit_code(status: int) -> int:
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return 1
 
 
-def refused_by_tracer(tracer: Tracer, analysis: Analysis) -> Analysis:
-    """``analysis`` with the sites the tracer refuses (its optional ``refusal``) moved to the refusals."""
-    refusal = getattr(tracer, "refusal", None)
-    if refusal is None:
-        return analysis
-    sites, refusals = [], list(analysis.refusals)
-    for site in analysis.sites:
-        reason = next((r for r in map(refusal, site.names) if r), None)
-        if reason:
-            refusals.append(Refusal(site.name, site.vaddr, reason))
-        else:
-            sites.append(site)
-    return Analysis(tuple(sites), tuple(refusals))
+def _kill_quietly(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, ptrace.WALL)
+    except (ProcessLookupError, ChildProcessError):
+        pass
 
 
-class Recorder:
-    """Runs one record session."""
+class Session:
+    """What a record and an attach session share: the trace being written, the rules, the processes."""
 
-    def __init__(self, settings: RecordSettings, registry: Registry) -> None:
+    def __init__(self, kind: str, engine: Engine, tracer: Tracer, rules: list[filters.FilterRule],
+                 settings: "RecordSettings | AttachSettings") -> None:
+        assert tracer.record_dtype is not None
+        self.kind = kind
         self.settings = settings
-        self.engine: Engine = registry.engine(settings.engine)
-        self.tracer: Tracer = registry.tracer(settings.tracer)
-        self.rules = filters.parse_all(settings.filters)
-        self.path = resolve_program(settings.argv[0])
-        #: the file the kernel maps (symlinks resolved), as /proc/PID/maps names it
-        self.real_path = os.path.realpath(self.path)
-        self._analyses: dict[str, Analysis] = {}
+        self.output = settings.output
+        self.config_path = settings.config_path
+        self.setup_started = time.perf_counter()
+        self.setup_s = 0.0
+        self.start = clock.sample()
+        time.sleep(0.01)  # a first calibration, for the loader hook's timeouts, live timestamps, tracing_thresh
+        early = clock.Calibration.between(self.start, clock.sample())
+        thresh = settings.tracing_thresh
+        graph_limits = (settings.max_graph_depth, max(1, round(thresh * 1000 / early.ns_per_tick)) if thresh else 0)
+        sites, spaces = SiteTable(), Spaces()
+        self.sink = StreamSink(tracer, SessionView(sites, spaces, self.start)) if settings.live else None
+        self.writer = DataWriter(settings.output)
+        self.consumer = Consumer(self.writer)
+        self.consumer.sink = self.sink
+        layout = RuntimeLayout.for_buffer(settings.buffer_size_kb, tracer.record_dtype.itemsize)
+        self.shared = Shared(engine=engine, tracer=tracer, dtype=tracer.record_dtype, layout=layout,
+                             selector=Selector(engine, rules, tracer), sites=sites, consumer=self.consumer,
+                             world=World(note=lambda tid, thread, st: None), spaces=spaces,
+                             ns_per_tick=early.ns_per_tick, graph_limits=graph_limits)
+        self.world = self.shared.world
+        self.leader: TracedProcess | None = None
+        self.program = ""
+        self._status_at = 0.0
 
-    def analysis(self, path: str) -> Analysis:
-        """The engine's analysis of one module, computed once, less what the tracer refuses."""
-        if path not in self._analyses:
-            with ElfImage.open(path) as image:
-                self._analyses[path] = refused_by_tracer(self.tracer, analysis_cache.analyze(self.engine, image))
-        return self._analyses[path]
+    def supervisor(self, leader: int, stop_signals: tuple[int, ...], ignore_signals: tuple[int, ...] = ()
+                   ) -> Supervisor:
+        """The event loop for this session's processes."""
+        watcher = ConfigWatcher(self.config_path) if self.config_path is not None else None
+        return Supervisor(self.shared, leader, watcher, stop_signals, ignore_signals, on_tick=self.publish)
 
-    def plan(self, modules: list[tuple[str, str]], main_name: str) -> Plan:
-        """Apply the rules to the functions of ``modules`` ((path, name) pairs)."""
-        candidates: list[filters.Candidate] = []
-        entries: list[tuple[int, FunctionSite | None]] = []
-        refusal_names: dict[int, str] = {}
-        analyses: list[tuple[str, Analysis]] = []
-        for mi, (path, name) in enumerate(modules):
-            wanted = name == main_name or any(r.module is not None and r.applies_to(name, main_name)
-                                              for r in self.rules)
-            if not wanted:
-                continue
-            analysis = self.analysis(path)
-            analyses.append((name, analysis))
-            for site in analysis.sites:
-                candidates.append((name, site.names))
-                entries.append((mi, site))
-            for refusal in analysis.refusals:
-                candidates.append((name, (refusal.name,)))
-                refusal_names[len(entries)] = f"{refusal.name} ({refusal.reason})"
-                entries.append((mi, None))
-        if analyses and not any(a.sites for _name, a in analyses):
-            self._explain_nothing_traceable(analyses)
-        selection = filters.select(self.rules, candidates, main_name)
-        if selection.unmatched:
-            self._explain_unmatched(selection.unmatched, candidates, refusal_names, main_name)
-        per_module: dict[int, list[tuple[int, FunctionSite]]] = {}
-        refused = index = 0
-        for i in selection.indices:
-            mi, site = entries[i]
-            if site is None:
-                refused += 1
-                continue
-            per_module.setdefault(mi, []).append((index, site))
-            index += 1
-        return Plan(sorted(per_module.items()), refused)
+    def publish(self, force: bool = False) -> None:
+        """Rewrite this session's status file (at most every STATUS_EVERY seconds)."""
+        now = time.monotonic()
+        if not force and now < self._status_at:
+            return
+        self._status_at = now + STATUS_EVERY
+        sh = self.shared
+        enabled: set[int] = set()
+        for proc in sh.procs.values():
+            enabled |= proc.enabled
+        status.publish(status.SessionStatus(
+            ktracecli_pid=os.getpid(), kind=self.kind, pid=self.leader.pid if self.leader else 0,
+            program=self.program, engine=sh.engine.name, tracer=sh.tracer.name if sh.tracing else "nop",
+            traced=len(enabled), events=self.writer.events, lost=self.lost, output=str(self.output),
+            config=str(self.config_path or ""), processes=len(sh.procs)))
 
-    def _explain_nothing_traceable(self, analyses: list[tuple[str, Analysis]]) -> None:
-        """One line for modules in which the engine can trace nothing: the commonest reason first."""
-        reasons = Counter(r.reason for _name, a in analyses for r in a.refusals)
-        reason = reasons.most_common(1)[0][0] if reasons else "no function symbols"
-        total = sum(reasons.values())
-        raise NoMatchError(f"{', '.join(name for name, _a in analyses)}: {reason} "
-                           f"(the {self.engine.name} engine can trace none of its {total} functions)")
+    @property
+    def lost(self) -> int:
+        """Events lost so far (full rings, no free slot)."""
+        return self.writer.lost + self.consumer.lost_no_slot
 
-    def _explain_unmatched(self, rules: tuple[filters.FilterRule, ...], candidates: list[filters.Candidate],
-                           refusal_names: dict[int, str], main_name: str) -> None:
-        rule = rules[0]
-        refused = [refusal_names[i] for i, c in enumerate(candidates)
-                   if i in refusal_names and rule.matches(c, main_name)]
-        where = f"module {rule.module}" if rule.module else main_name
-        if refused:
-            raise NoMatchError(f"pattern '{rule}' matches only functions the {self.engine.name} engine "
-                               f"refuses: {', '.join(refused[:3])}")
-        raise NoMatchError(f"pattern '{rule}' matches no function in {where}")
-
-    def run(self) -> RecordResult:
-        """Record the program; returns its exit status and the totals."""
-        main_name = os.path.basename(self.real_path)
-        with ElfImage.open(self.real_path):
-            pass  # a clear error for non-ELF, 32-bit and other programs before anything runs
-        if self.tracer.record_dtype is None:
-            return self._run_untraced()
-        if not any(r.module for r in self.rules):
-            self.plan([(self.real_path, main_name)], main_name)  # bad patterns fail before the program runs
-        writer = DataWriter(self.settings.output)
-        try:
-            return self._record(writer, main_name)
-        except BaseException:
-            writer.abandon()
-            raise
-
-    def _run_untraced(self) -> RecordResult:
-        status = subprocess.run(self.settings.argv, executable=self.path).returncode
-        writer = DataWriter(self.settings.output)
-        writer.write_json("sites.json", [])
-        writer.write_json("modules.json", [])
-        writer.finish({"tracer": self.tracer.name, "engine": self.engine.name, "record_size": 0,
-                       "program": self.settings.argv, "ncpus": os.sysconf("SC_NPROCESSORS_ONLN")})
-        return RecordResult(status if status >= 0 else 128 - status, self.engine.name, 0, 0, 0, 0)
-
-    def _record(self, writer: DataWriter, main_name: str) -> RecordResult:
-        start = clock.sample()
-        setup_start = time.perf_counter()
-        tracee = spawn(self.path, self.settings.argv)
-        try:
-            entry = tracee.auxv(AT_ENTRY)
-            assert entry is not None
-            tracee.run_to(tracee.pid, entry)
-            modules = loaded_modules(tracee)
-            plan = self.plan([(m.path, m.name) for m in modules], main_name)
-            caller = RemoteCaller(tracee, tracee.pid)
-            scratch = caller.mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
-            assert self.tracer.record_dtype is not None
-            layout = RuntimeLayout.for_buffer(self.settings.buffer_size_kb, self.tracer.record_dtype.itemsize)
-            rings = SharedRings(layout, tracee.pid)
-            try:
-                rings.map_into(caller, scratch)
-            finally:
-                rings.unlink()
-            rings.set_graph_limits(self.settings.max_graph_depth, self._ticks(start, self.settings.tracing_thresh))
-            installer = Installer(tracee, caller, self.engine, self.tracer, rings.layout)
-            installer.place_runtime()
-            for module in modules:
-                installer.place_hooks(module)
-            sites_json: list[dict[str, Any]] = []
-            for module in modules:
-                if module.path in self._analyses:
-                    installer.prepare(module, self._analyses[module.path])
-            for mi, sites in plan.modules:
-                module = modules[mi]
-                installer.install(module, sites)
-                sites_json += [{"name": s.name, "module": module.name, "addr": s.vaddr + module.bias}
-                               for _, s in sites]
-        except BaseException:
-            tracee.close()
-            os.kill(tracee.pid, signal.SIGKILL)
-            os.waitpid(tracee.pid, ptrace.WALL)
-            raise
-        writer.write_json("sites.json", sites_json)
-        write_modules(writer, modules)
-        consumer = Consumer(writer)
-        consumer.add(tracee.pid, rings, self.tracer.record_dtype)
-        consumer.start()
-        supervisor = Supervisor(tracee, consumer, rings, scratch, self.tracer.record_dtype,
-                                installer.installed.in_order())
-        setup_s = time.perf_counter() - setup_start
-        status = supervisor.run()
-        consumer.stop()
-        tracee.close()
+    def finish(self, info: dict[str, Any], exit_status: int, outcome: Outcome) -> RecordResult:
+        """Drain what is left, write the data directory and say how it went."""
+        self.consumer.stop()
+        if self.sink is not None:
+            self.sink.close()
+        if outcome.detached_by:
+            for proc in self.consumer.processes:
+                proc.rings.release()
         end = clock.sample()
-        if end.ns - start.ns < 20_000_000:  # widen a short calibration interval
+        if end.ns - self.start.ns < 20_000_000:  # widen a short calibration interval
             time.sleep(0.02)
             end = clock.sample()
-        calibration = clock.Calibration.between(start, end)
-        lost = writer.lost + sum(p.rings.lost_no_slot for p in consumer.processes)
-        traced = len(sites_json)
-        writer.finish({
-            "program": self.settings.argv, "path": self.path, "pid": tracee.pid,
-            "engine": self.engine.name, "tracer": self.tracer.name,
-            "record_size": self.tracer.record_dtype.itemsize,
+        calibration = clock.Calibration.between(self.start, end)
+        sh = self.shared
+        traced = len(sh.sites.entries)
+        refused = self.leader.refused if self.leader is not None else 0
+        lost = self.lost
+        self.writer.write_json("sites.json", sh.sites.entries)
+        write_modules(self.writer, sh.spaces.modules)
+        self.writer.finish({
+            **info,
+            "engine": sh.engine.name, "tracer": sh.tracer.name,
+            "record_size": sh.dtype.itemsize,
             "ncpus": os.sysconf("SC_NPROCESSORS_ONLN"),
             "clock": {"tsc0": calibration.tsc0, "ns0": calibration.ns0, "ns_per_tick": calibration.ns_per_tick},
-            "traced": traced, "refused": plan.refused, "events": writer.events, "lost": lost,
-            "exit_status": status,
+            "traced": traced, "refused": refused, "events": self.writer.events, "lost": lost,
+            "exit_status": exit_status,
             "max_graph_depth": self.settings.max_graph_depth, "tracing_thresh": self.settings.tracing_thresh,
-            # for bench/: time from fork to resuming the patched program, and ktracecli's peak memory
-            "setup_s": round(setup_s, 6),
+            # for bench/: time from start to resuming the patched program, and ktracecli's peak memory
+            "setup_s": round(self.setup_s, 6),
             "ktracecli_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         })
-        return RecordResult(status, self.engine.name, traced, plan.refused, writer.events, lost)
+        return RecordResult(exit_status, sh.engine.name, traced, refused, self.writer.events, lost,
+                            outcome.detached_by, outcome.leader_status)
+
+    def abandon(self) -> None:
+        """Give up: stop the consumer and remove the partial data directory."""
+        self.consumer.stop()
+        self.writer.abandon()
 
 
-    @staticmethod
-    def _ticks(start: clock.ClockSample, usecs: int) -> int:
-        """``usecs`` microseconds in TSC ticks, calibrated from ``start`` to now (0 stays 0)."""
-        if not usecs:
-            return 0
-        now = clock.sample()
-        if now.ns - start.ns < 5_000_000:
-            time.sleep(0.005)
-            now = clock.sample()
-        return max(1, round(usecs * 1000 / clock.Calibration.between(start, now).ns_per_tick))
+# -- record --------------------------------------------------------------------------------------
 
 
 def record(settings: RecordSettings, registry: Registry) -> RecordResult:
     """Run ``settings.argv`` traced and write its data directory."""
-    return Recorder(settings, registry).run()
+    engine = registry.engine(settings.engine)
+    tracer = registry.tracer(settings.tracer)
+    rules = filters.parse_all(settings.filters)
+    path = resolve_program(settings.argv[0])
+    real_path = os.path.realpath(path)  # the file the kernel maps, as /proc/PID/maps names it
+    main_name = os.path.basename(real_path)
+    with ElfImage.open(real_path):
+        pass  # a clear error for non-ELF, 32-bit and other programs before anything runs
+    if tracer.record_dtype is None:
+        return _run_untraced(settings, engine, tracer, path)
+    if not any(r.module for r in rules):  # bad patterns fail before the program runs
+        Selector(engine, rules, tracer).plan([LoadedModule(real_path, main_name, 0, 0, 0)], main_name)
+    session = Session("record", engine, tracer, rules, settings)
+    session.program = " ".join(settings.argv)
+    try:
+        tracee = spawn(path, settings.argv)
+        pid = tracee.pid
+        try:
+            tracee.pending_signals = session.world.pending
+            entry = tracee.auxv(AT_ENTRY)
+            assert entry is not None
+            tracee.run_to(pid, entry)
+            thread = session.world.add(pid, pid)
+            thread.status = HELD
+            proc = TracedProcess(pid, tracee, session.shared)
+            session.shared.procs[pid] = proc
+            session.leader = proc
+            proc.setup(thread, strict=True)
+        except BaseException:
+            tracee.close()
+            _kill_quietly(pid)
+            raise
+        session.setup_s = time.perf_counter() - session.setup_started
+        session.consumer.start()
+        session.publish(force=True)
+        # Ctrl-C is the program's (the terminal sends it to both); SIGTERM or a hang-up detaches
+        outcome = session.supervisor(pid, (signal.SIGTERM, signal.SIGHUP), (signal.SIGINT,)).run()
+        if outcome.detached_by:
+            exit_status = 128 + outcome.detached_by
+        elif outcome.leader_status is not None:
+            exit_status = _exit_code(outcome.leader_status)
+        else:  # it went on untraced (an exec ktracecli could not follow): it is still our child
+            exit_status = _exit_code(os.waitpid(pid, 0)[1])
+        return session.finish({"program": settings.argv, "path": path, "pid": pid}, exit_status, outcome)
+    except BaseException:
+        session.abandon()
+        raise
+    finally:
+        status.withdraw(os.getpid())
+
+
+def _run_untraced(settings: RecordSettings, engine: Engine, tracer: Tracer, path: str) -> RecordResult:
+    code = subprocess.run(settings.argv, executable=path).returncode
+    writer = DataWriter(settings.output)
+    writer.write_json("sites.json", [])
+    writer.write_json("modules.json", [])
+    writer.finish({"tracer": tracer.name, "engine": engine.name, "record_size": 0,
+                   "program": settings.argv, "ncpus": os.sysconf("SC_NPROCESSORS_ONLN")})
+    return RecordResult(code if code >= 0 else 128 - code, engine.name, 0, 0, 0, 0)
+
+
+# -- attach --------------------------------------------------------------------------------------
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def attach(settings: AttachSettings, registry: Registry) -> RecordResult:
+    """Trace the running process ``settings.pid`` until it exits or ktracecli is told to stop."""
+    engine = registry.engine(settings.engine)
+    tracer = registry.tracer(settings.tracer)
+    rules = filters.parse_all(settings.filters)
+    if tracer.record_dtype is None:
+        raise UsageError(f"the current tracer is {tracer.name}: there is nothing to record "
+                         "(choose one with 'ktracecli tracer function')")
+    pid = settings.pid
+    if pid == os.getpid():
+        raise ProcessError("ktracecli cannot trace itself")
+    exe = process_exe(pid)
+    with ElfImage.open(exe):
+        pass
+    main_name = os.path.basename(exe)
+    session = Session("attach", engine, tracer, rules, settings)
+    argv = _cmdline(pid)
+    session.program = " ".join(argv) or exe
+    supervisor = session.supervisor(pid, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP))
+    world = session.world
+    try:
+        threads = seize(pid)  # first: the kernel's ptrace rules speak before anything else
+        try:
+            for tid, zombie in threads.items():
+                world.add(tid, pid).exiting = zombie
+            if not any(r.module for r in rules):
+                Selector(engine, rules, tracer).plan([LoadedModule(exe, main_name, 0, 0, 0)], main_name)
+            proc = TracedProcess(pid, Tracee(pid, set(threads), world.pending), session.shared)
+            session.shared.procs[pid] = proc
+            session.leader = proc
+            supervisor.holding = True  # until it runs: events are noted, threads stay held
+            _stop_for_attach(world, pid)
+            proc.setup(_caller_thread(world, pid), strict=True)
+        except BaseException:
+            supervisor.detach_all()
+            raise
+        session.setup_s = time.perf_counter() - session.setup_started
+        session.consumer.start()
+        session.publish(force=True)
+        notice(f"attached to process {pid} ({main_name}): tracing {len(proc.enabled)} functions; "
+               "Ctrl-C detaches")
+        outcome = supervisor.run()
+        result = session.finish({"program": argv or [exe], "path": exe, "pid": pid, "attached": True},
+                                0, outcome)
+    except BaseException:
+        session.abandon()
+        raise
+    finally:
+        status.withdraw(os.getpid())
+    if outcome.detached_by:
+        notice(f"detached from process {pid}: it goes on untraced")
+    elif outcome.leader_status is not None:
+        notice(f"process {pid} exited with status {_exit_code(outcome.leader_status)}")
+    return result
+
+
+def _stop_for_attach(world: World, pid: int) -> None:
+    """Hold every thread of a just-seized process."""
+    try:
+        world.stop_all({pid})
+    except StopTimeout as exc:
+        raise ProcessError(f"threads {exc} of process {pid} do not stop (uninterruptible sleep?)") from None
+    if pid not in {t.pid for t in world.threads.values()}:
+        raise ProcessError(f"process {pid} exited")
+
+
+def _caller_thread(world: World, pid: int) -> Thread:
+    """A held thread of ``pid`` that can make system calls for ktracecli."""
+    for kind in (StopKind.INTERRUPT, StopKind.SIGNAL):
+        for thread in world.of(pid):
+            if thread.kind is kind:
+                return thread
+    raise ProcessError(f"process {pid} is stopped (job control): continue it first (kill -CONT {pid})")

@@ -18,6 +18,7 @@ PTRACE_CONT = 7
 PTRACE_KILL = 8
 PTRACE_GETREGS = 12
 PTRACE_SETREGS = 13
+PTRACE_SINGLESTEP = 9
 PTRACE_DETACH = 17
 PTRACE_SYSCALL = 24
 PTRACE_SETOPTIONS = 0x4200
@@ -32,12 +33,14 @@ PTRACE_O_TRACEFORK = 0x02
 PTRACE_O_TRACEVFORK = 0x04
 PTRACE_O_TRACECLONE = 0x08
 PTRACE_O_TRACEEXEC = 0x10
+PTRACE_O_TRACEVFORKDONE = 0x20
 PTRACE_O_TRACEEXIT = 0x40
 
 PTRACE_EVENT_FORK = 1
 PTRACE_EVENT_VFORK = 2
 PTRACE_EVENT_CLONE = 3
 PTRACE_EVENT_EXEC = 4
+PTRACE_EVENT_VFORK_DONE = 5
 PTRACE_EVENT_EXIT = 6
 PTRACE_EVENT_STOP = 128
 
@@ -106,6 +109,11 @@ def listen(tid: int) -> None:
     _call(PTRACE_LISTEN, tid)
 
 
+def singlestep(tid: int, sig: int = 0) -> None:
+    """Resume a stopped thread for one instruction (PTRACE_SINGLESTEP)."""
+    _call(PTRACE_SINGLESTEP, tid, 0, sig)
+
+
 def syscall(tid: int, sig: int = 0) -> None:
     """Resume until the next system-call entry or exit (PTRACE_SYSCALL)."""
     _call(PTRACE_SYSCALL, tid, 0, sig)
@@ -157,6 +165,23 @@ def set_debugreg(tid: int, index: int, value: int) -> None:
     _call(PTRACE_POKEUSER, tid, DEBUGREG_OFFSET + 8 * index, value)
 
 
+def tgkill(pid: int, tid: int, sig: int) -> None:
+    """Send ``sig`` to one thread (the signal waits, pending, while the thread is stopped)."""
+    if _tgkill(pid, tid, sig) == -1:
+        err = ctypes.get_errno()
+        raise PtraceError(err, f"tgkill({pid}, {tid}, {sig}): {os.strerror(err)}")
+
+
+SYS_TGKILL = 234
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def _tgkill(pid: int, tid: int, sig: int) -> int:
+    ctypes.set_errno(0)
+    return int(_syscall(ctypes.c_long(SYS_TGKILL), ctypes.c_long(pid), ctypes.c_long(tid), ctypes.c_long(sig)))
+
+
 def stop_signal(status: int) -> int:
     """The signal of a stopped wait status."""
     return (status >> 8) & 0xFF
@@ -165,3 +190,17 @@ def stop_signal(status: int) -> int:
 def stop_event(status: int) -> int:
     """The PTRACE_EVENT_* of a stopped wait status (0 if none)."""
     return (status >> 16) & 0xFF
+
+
+SYS_KCMP = 312
+KCMP_VM = 1
+
+
+def same_memory(pid1: int, pid2: int) -> bool | None:
+    """Whether two processes share one address space (kcmp KCMP_VM); None if the kernel cannot say."""
+    ctypes.set_errno(0)
+    result = int(_syscall(ctypes.c_long(SYS_KCMP), ctypes.c_long(pid1), ctypes.c_long(pid2),
+                          ctypes.c_long(KCMP_VM), ctypes.c_long(0), ctypes.c_long(0)))
+    if result < 0:
+        return None
+    return result == 0

@@ -6,6 +6,19 @@ code of the program is modified: the instruction is found in the vDSO (any
 ``0f 05`` byte pair works, since the thread stops at the system-call exit before
 running anything after it) or in ktracecli's own code region.  This happens a
 few times per process while setting up, never per traced call.
+
+A thread held inside a blocking system call (``read``, ``nanosleep``... when
+ktracecli attaches or interrupts it) has that call's restart pending: the kernel
+rewinds it to the ``syscall`` instruction only on its way out of the signal
+path.  Our calls leave the thread at a system-call exit instead, so its
+registers alone would hand the program ``-ERESTARTSYS``.  After such a call
+the thread is parked again in an interrupt stop (PTRACE_INTERRUPT + resume),
+which puts it back on the signal path: the restart happens when it resumes::
+
+    held:     read() ... -ERESTARTSYS, stopped in the signal path
+    our call: rip = gadget; syscall; back at a syscall-exit stop; registers restored
+    re-park:  PTRACE_INTERRUPT, PTRACE_CONT -> PTRACE_EVENT_STOP in the signal path
+    resume:   the kernel sees -ERESTARTSYS: rip -= 2, read() runs again
 """
 
 from __future__ import annotations
@@ -27,6 +40,17 @@ PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 MAP_SHARED, MAP_PRIVATE, MAP_FIXED, MAP_ANONYMOUS = 0x01, 0x02, 0x10, 0x20
 MAP_FIXED_NOREPLACE = 0x100000
 SYSCALL_TRAP = signal.SIGTRAP | 0x80
+#: -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND, -ERESTART_RESTARTBLOCK
+RESTART_CODES = frozenset({-512, -513, -514, -516})
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= (1 << 63) else value
+
+
+def restart_pending(regs: ptrace.UserRegs) -> bool:
+    """True when ``regs`` are those of a thread held inside a system call the kernel will restart."""
+    return _signed(regs.orig_rax) >= 0 and _signed(regs.rax) in RESTART_CODES
 
 
 class RemoteCaller:
@@ -61,7 +85,7 @@ class RemoteCaller:
                 return
             if ptrace.stop_event(status) == 0 and sig != signal.SIGTRAP:
                 # a signal arrived meanwhile: keep it for when the thread resumes
-                self.tracee.pending_signals[self.tid] = sig
+                self.tracee.hold_signal(self.tid, sig)
 
     def call(self, nr: int, *args: int) -> int:
         """Run system call ``nr`` with ``args`` in the thread; returns the raw result."""
@@ -77,7 +101,24 @@ class RemoteCaller:
             result = ptrace.get_regs(self.tid).rax
         finally:
             ptrace.set_regs(self.tid, saved)
-        return result - (1 << 64) if result >= (1 << 63) else result
+            if restart_pending(saved):
+                self._repark()
+        return _signed(result)
+
+    def _repark(self) -> None:
+        """Stop the thread again in the signal path, so that its held system call restarts on resume."""
+        ptrace.interrupt(self.tid)
+        ptrace.cont(self.tid, 0)
+        while True:
+            status = self.tracee.wait_stop(self.tid)
+            if not os.WIFSTOPPED(status):
+                raise ProcessError(f"thread {self.tid} died during set-up")
+            if ptrace.stop_event(status) == ptrace.PTRACE_EVENT_STOP:
+                return
+            sig = ptrace.stop_signal(status)
+            if ptrace.stop_event(status) == 0 and sig not in (signal.SIGTRAP, SYSCALL_TRAP):
+                self.tracee.hold_signal(self.tid, sig)
+            ptrace.cont(self.tid, 0)
 
     def checked(self, what: str, nr: int, *args: int) -> int:
         """Like :meth:`call`, raising ProcessError with ``what`` on a -errno result."""

@@ -24,6 +24,7 @@ OPTIONS = (
     | ptrace.PTRACE_O_TRACEVFORK
     | ptrace.PTRACE_O_TRACEEXEC
     | ptrace.PTRACE_O_TRACEEXIT
+    | ptrace.PTRACE_O_TRACEVFORKDONE
 )
 # No PTRACE_O_EXITKILL: if ktracecli dies, the kernel detaches and the program runs on.
 
@@ -37,8 +38,9 @@ class Tracee:
 
     pid: int
     threads: set[int] = field(default_factory=set)
-    #: signals that arrived while a thread was held for patching, to deliver on resume
-    pending_signals: dict[int, int] = field(default_factory=dict)
+    #: signals that arrived while a thread was held for ktracecli's own work (remote calls,
+    #: single steps), to send again before it resumes; may be shared by several processes
+    pending_signals: dict[int, list[int]] = field(default_factory=dict)
     _mem_fd: int = -1
 
     # -- memory ----------------------------------------------------------
@@ -82,6 +84,10 @@ class Tracee:
                 return v
         return None
 
+    def hold_signal(self, tid: int, sig: int) -> None:
+        """Keep ``sig``, which arrived while ``tid`` was held, for delivery when it resumes."""
+        self.pending_signals.setdefault(tid, []).append(sig)
+
     # -- waiting ---------------------------------------------------------
 
     def wait_stop(self, tid: int) -> int:
@@ -97,17 +103,17 @@ class Tracee:
         """Resume ``tid`` until it reaches ``addr`` (a one-off hardware breakpoint, not a code patch)."""
         ptrace.set_debugreg(tid, 0, addr)
         ptrace.set_debugreg(tid, 7, 1)  # L0 enabled, break on execution, length 1
+        deliver = 0
         try:
             while True:
-                ptrace.cont(tid, self.pending_signals.pop(tid, 0))
+                ptrace.cont(tid, deliver)  # a signal that stopped the thread on the way passes through
                 status = self.wait_stop(tid)
                 if not os.WIFSTOPPED(status):
                     raise ProgramError(f"the program exited before reaching its entry point ({_describe(status)})")
                 sig = ptrace.stop_signal(status)
                 if sig == signal.SIGTRAP and ptrace.get_regs(tid).rip == addr:
                     return
-                if ptrace.stop_event(status) == 0 and sig != signal.SIGTRAP:
-                    self.pending_signals[tid] = sig
+                deliver = sig if ptrace.stop_event(status) == 0 and sig != signal.SIGTRAP else 0
         finally:
             ptrace.set_debugreg(tid, 7, 0)
             ptrace.set_debugreg(tid, 6, 0)
@@ -196,3 +202,81 @@ def _kill_quietly(pid: int) -> None:
         os.waitpid(pid, ptrace.WALL)
     except (ProcessLookupError, ChildProcessError):
         pass
+
+
+def _thread_state(pid: int, tid: int) -> str:
+    """The one-letter state of a thread (R, S, D, T, t, Z, X...), "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_exe(pid: int) -> str:
+    """The program a running process executes (``/proc/PID/exe``, resolved); ProcessError if unknown."""
+    if not os.path.isdir(f"/proc/{pid}"):
+        raise ProcessError(f"no process {pid}")
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/exe"))
+    except FileNotFoundError:
+        raise ProcessError(f"no process {pid}") from None
+    except PermissionError:
+        raise ProcessError(f"not allowed to trace process {pid}: {os.strerror(errno.EACCES)}") from None
+    except OSError as exc:
+        raise ProcessError(f"process {pid} has no program to trace (a kernel thread?): "
+                           f"{exc.strerror or exc}") from None
+
+
+def seize(pid: int) -> dict[int, bool]:
+    """PTRACE_SEIZE every thread of process ``pid``, until no new one appears.
+
+    Returns {tid: True if the thread is a zombie (it will never stop)}.  The
+    threads keep running; the kernel's ptrace rules decide who may do this
+    (ProcessError, one line, when they say no).
+    """
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Tgid:") and int(line.split()[1]) != pid:
+                raise ProcessError(f"{pid} is a thread of process {line.split()[1]}: attach to the process")
+    seized: dict[int, bool] = {}
+    while True:
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task"))
+        except FileNotFoundError:
+            tids = []
+        new = [t for t in tids if t not in seized]
+        if not new:
+            break
+        for tid in new:
+            state = _thread_state(pid, tid)
+            try:
+                ptrace.seize(tid, OPTIONS)
+            except ptrace.PtraceError as exc:
+                if exc.errno == errno.ESRCH and tid != pid:
+                    continue  # it exited meanwhile
+                for done in seized:
+                    try:
+                        ptrace.detach(done)
+                    except ptrace.PtraceError:
+                        pass
+                if exc.errno == errno.ESRCH:
+                    raise ProcessError(f"process {pid} exited") from None
+                raise ProcessError(f"not allowed to trace process {pid}: {os.strerror(exc.errno or errno.EPERM)}"
+                                   f"{_ptrace_rules_hint()}") from None
+            seized[tid] = state in ("Z", "X")
+    if not seized:
+        raise ProcessError(f"process {pid} exited")
+    return seized
+
+
+def _ptrace_rules_hint() -> str:
+    """Why the kernel may refuse, in a few words."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        scope = 0
+    if scope:
+        return f" (kernel.yama.ptrace_scope is {scope}; is it another user's, or traced already?)"
+    return " (is it another user's, or traced already?)"

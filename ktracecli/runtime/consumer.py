@@ -4,17 +4,25 @@ A background thread copies every live slot's new records a few hundred times a
 second (numpy slices of the shared memory, never a Python loop per record).
 The ptrace thread calls :meth:`Consumer.release` when a thread exits, so its
 slot is drained once more and freed before its fs base can be reused.
+
+The same thread keeps each process's heartbeat word fresh (the loader hook
+waits for ktracecli only while it is), pokes the ptrace thread when a loader
+hook announces a map change, and hands each round's records to a live sink
+(``--live``) when there is one.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ktracecli.datadir import DataWriter
 from ktracecli.runtime.layout import commit_word
+from ktracecli.interface import LiveBatch
+from ktracecli.runtime import clock
 from ktracecli.runtime.shm import SharedRings
 
 
@@ -30,8 +38,19 @@ class ProcessRings:
     pid: int
     rings: SharedRings
     dtype: np.dtype
+    #: the address space (process image) the rings belong to, as the data directory numbers them
+    space: int = 0
     state: dict[int, _SlotState] = field(default_factory=dict)
     comms: dict[int, str] = field(default_factory=dict)
+    #: the loader hook's request count last reported to the ptrace thread
+    dl_seen: int = 0
+    #: the name of threads whose comm was not read in time (the thread or its image is gone)
+    comm_hint: str | None = None
+    #: the image is gone (exec): /proc shows another program's names now
+    retired: bool = False
+
+
+Sink = Callable[[list[LiveBatch]], None]
 
 
 def _comm(pid: int, tid: int) -> str:
@@ -53,11 +72,19 @@ class Consumer:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backlog = False
+        #: called with each round's records (``--live``); runs on the consumer thread
+        self.sink: Sink | None = None
+        #: called when a loader hook announces a map change (wakes the ptrace thread)
+        self.on_map_change: Callable[[], None] | None = None
+        self._batches: list[LiveBatch] = []
+        self._sink_lock = threading.Lock()
+        self._lost_retired = 0
 
-    def add(self, pid: int, rings: SharedRings, dtype: np.dtype) -> None:
-        """Start consuming a process's rings."""
+    def add(self, pid: int, rings: SharedRings, dtype: np.dtype, space: int = 0, comm: str | None = None) -> None:
+        """Start consuming a process's rings (``comm``: its name, for threads gone before they are seen)."""
+        rings.beat(clock.rdtsc())
         with self._lock:
-            self.processes.append(ProcessRings(pid, rings, dtype))
+            self.processes.append(ProcessRings(pid, rings, dtype, space, comm_hint=comm))
 
     def start(self) -> None:
         """Start the background thread."""
@@ -74,8 +101,23 @@ class Consumer:
     def _run(self) -> None:
         busy = False
         while not self._stop.wait(0 if busy else self.interval):
+            self._beat()
             # a ring that had 1/64 of its capacity to give is drained again at once, not after a nap
             busy = self.drain() > 0 and self._backlog
+
+    def _beat(self) -> None:
+        """Keep the heartbeats fresh; report new loader-hook requests."""
+        tsc = clock.rdtsc()
+        changed = False
+        with self._lock:
+            for proc in self.processes:
+                proc.rings.beat(tsc)
+                request = proc.rings.dl_request
+                if request != proc.dl_seen:
+                    proc.dl_seen = request
+                    changed = True
+        if changed and self.on_map_change is not None:
+            self.on_map_change()
 
     def drain(self) -> int:
         """Drain every live slot of every process once; returns records copied."""
@@ -87,12 +129,13 @@ class Consumer:
                 for i in range(proc.rings.layout.nslots):
                     if slots[i].state:
                         copied += self._drain_slot(proc, i)
+            self._hand_over()
         return copied
 
     def release(self, pid: int, tid: int) -> None:
         """A thread is exiting: drain its slot and free it for a new thread."""
         with self._lock:
-            for proc in self.processes:
+            for proc in self.processes[::-1]:
                 if proc.pid != pid:
                     continue
                 slots = proc.rings.slots
@@ -104,6 +147,21 @@ class Consumer:
                         slots[i].state = 0
                         slots[i].key = 0
                         proc.state.pop(i, None)
+                break  # the newest rings of the pid are its current image's
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        """Give the batches of this round to the sink, in drain order (called holding the lock)."""
+        batches, self._batches = self._batches, []
+        if not batches or self.sink is None:
+            return
+        self._sink_lock.acquire()  # taken before the drain lock is let go: rounds reach the sink in order
+        self._lock.release()
+        try:
+            self.sink(batches)
+        finally:
+            self._sink_lock.release()
+            self._lock.acquire()
 
     def _drain_slot(self, proc: ProcessRings, i: int) -> int:
         slot = proc.rings.slots[i]
@@ -131,17 +189,49 @@ class Consumer:
         take1 = min(complete, first)
         comm = proc.comms.get(tid)
         if comm is None:
-            comm = proc.comms[tid] = _comm(proc.pid, tid)
+            comm = _comm(proc.pid, tid) if not proc.retired else "<...>"
+            if comm == "<...>" and proc.comm_hint:
+                comm = proc.comm_hint  # the thread is gone, or its image (exec): its process's name then
+            proc.comms[tid] = comm
         lost_at = min(max(drop_pos - tail, 0), complete) if new_lost else 0
         # written straight from the shared ring; the slots are only given back afterwards
-        self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost)
+        self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost, space=proc.space)
         if complete > take1:
-            self.writer.append(proc.pid, tid, comm, ring[:complete - take1])
+            self.writer.append(proc.pid, tid, comm, ring[:complete - take1], space=proc.space)
+        if self.sink is not None and (complete or new_lost):
+            records = np.concatenate((ring[start:start + take1], ring[:complete - take1]))
+            self._batches.append(LiveBatch(proc.pid, tid, comm, proc.space, records, lost_at, new_lost))
         slot.tail = tail + complete
         state.lost_seen = lost
         return complete
 
-    def forget(self, pid: int) -> None:
-        """Stop consuming a process's rings (after a final drain)."""
+    def retire(self, pid: int, rings: SharedRings, comm_hint: str | None = None) -> None:
+        """A process image is gone (exec, exit): drain its rings one last time and stop reading them.
+
+        ``comm_hint`` names the threads whose name was never read (after an exec,
+        /proc shows the new program's name).
+        """
         with self._lock:
-            self.processes = [p for p in self.processes if p.pid != pid]
+            for proc in self.processes:
+                if proc.rings is rings:
+                    proc.comm_hint = comm_hint or proc.comm_hint
+                    proc.retired = True
+                    slots = rings.slots
+                    for i in range(rings.layout.nslots):
+                        if slots[i].state:
+                            self._drain_slot(proc, i)
+            self._hand_over()
+        self.forget(pid, rings)
+
+    def forget(self, pid: int, rings: SharedRings | None = None) -> None:
+        """Stop consuming a process's rings (``rings``, or all of ``pid``'s), after a final drain."""
+        with self._lock:
+            gone = [p for p in self.processes if p.pid == pid and (rings is None or p.rings is rings)]
+            self._lost_retired += sum(p.rings.lost_no_slot for p in gone)
+            self.processes = [p for p in self.processes if not any(p is g for g in gone)]
+
+    @property
+    def lost_no_slot(self) -> int:
+        """Events dropped because every slot of a process was taken, all processes."""
+        with self._lock:
+            return self._lost_retired + sum(p.rings.lost_no_slot for p in self.processes)

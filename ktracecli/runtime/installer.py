@@ -24,9 +24,11 @@ original bytes, so a thread still inside a stub finishes safely.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ktracecli.arch import shared_x86
 from ktracecli.arch.x86_64.assembler import assemble
 from ktracecli.errors import PatchError, ProcessError, ProgramError
 from ktracecli.interface import Analysis, Engine, FunctionSite, RuntimeCode, Tracer
@@ -101,6 +103,22 @@ class Installed:
         return Installed(list(self.prepared), set(self.prepared_modules), dict(self.built), dict(self.patches),
                          set(self.hooked_modules), list(self.hooks))
 
+    def forget(self, module: "LoadedModule") -> None:
+        """A module was unmapped (dlclose): its patches and stubs went with it."""
+        def inside(patch: Patch) -> bool:
+            return module.start <= patch.addr < module.end
+        self.prepared = [p for p in self.prepared if not inside(p)]
+        self.prepared_modules.discard(module.path)
+        self.built = {i: p for i, p in self.built.items() if not inside(p)}
+        self.patches = {i: p for i, p in self.patches.items() if not inside(p)}
+        self.hooked_modules.discard(module.path)
+        self.hooks = [p for p in self.hooks if not inside(p)]
+
+
+#: Moves threads out of the windows of patches about to be written; returns the addresses of
+#: the patches that cannot be written now (a thread is still inside their window).
+Guard = Callable[[list[Patch]], set[int]]
+
 
 class Installer:
     """Writes handlers, stubs and patches into one stopped process."""
@@ -116,7 +134,8 @@ class Installer:
         #: the tracer's runtime code, once placed, and each hook routine's address by symbol
         self.runtime: RuntimeCode | None = None
         self.routines: dict[str, int] = {}
-        self._x86: "X86 | None" = None
+        #: set by a live session: clears threads out of patch windows (default: refuse if one is inside)
+        self.guard: Guard | None = None
 
     def allocate_near(self, module: LoadedModule, size: int) -> Region:
         """Map a new r-x region reachable by rel32 from the whole module."""
@@ -136,11 +155,8 @@ class Installer:
 
     @property
     def x86(self) -> "X86":
-        """A decoder for hook windows (created on first use)."""
-        if self._x86 is None:
-            from ktracecli.arch.x86_64 import X86
-            self._x86 = X86()
-        return self._x86
+        """The shared decoder (for hook windows)."""
+        return shared_x86()
 
     def place_runtime(self) -> None:
         """Map the tracer's private memory and place its runtime code, once per process.
@@ -209,45 +225,58 @@ class Installer:
             code += stub.ljust(size, b"\xcc")
             patches.append(patch)
         self.tracee.write(region.addr, bytes(code))
-        self.apply(patches)
-        self.installed.hooks += patches
+        applied = self.apply(patches)
+        self.installed.hooks += applied
+        if len(applied) != len(patches):
+            missing = sorted({s.symbol for s, p in zip(sites, patches) if p not in applied})
+            raise PatchError(f"{module.name}: a thread sits inside {', '.join(missing)}; the "
+                             f"{self.tracer.name} tracer cannot run without hooking it")
         return len(patches)
 
     def prepare(self, module: LoadedModule, analysis: Analysis) -> None:
         """Apply the engine's one-time patches to a module (e.g. mcount sites to NOPs), once."""
         if module.path in self.installed.prepared_modules:
             return
-        patches = self.engine.prepare(analysis, module.bias)
-        if patches:
-            self.apply(patches)
-            self.installed.prepared += patches
-        self.installed.prepared_modules.add(module.path)
+        done = {p.addr for p in self.installed.prepared}
+        patches = [p for p in self.engine.prepare(analysis, module.bias) if p.addr not in done]
+        applied = self.apply(patches) if patches else []
+        self.installed.prepared += applied
+        if len(applied) == len(patches):
+            self.installed.prepared_modules.add(module.path)
 
     def enable(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> int:
-        """Enable sites, building stubs for those that have none yet; returns how many were enabled."""
+        """Enable sites, building stubs for those that have none yet; returns how many were enabled.
+
+        A site whose window a thread cannot leave now stays disabled (its stub is built).
+        """
         new = [(i, s) for i, s in sites if i not in self.installed.built]
         again = [i for i, _ in sites if i in self.installed.built and i not in self.installed.patches]
+        enabled = 0
         if new:
-            self.install(module, new)
+            enabled += len(self.install(module, new))
         if again:
-            patches = [self.installed.built[i] for i in again]
-            self.apply(patches)
-            self.installed.patches.update(zip(again, patches))
-        return len(new) + len(again)
+            applied = {p.addr for p in self.apply([self.installed.built[i] for i in again])}
+            for i in again:
+                if self.installed.built[i].addr in applied:
+                    self.installed.patches[i] = self.installed.built[i]
+                    enabled += 1
+        return enabled
 
     def disable(self, indices: list[int]) -> int:
         """Put back the original bytes of enabled sites (their stubs stay); returns how many."""
         enabled = [i for i in indices if i in self.installed.patches]
-        self.apply([self.installed.patches[i].undo() for i in enabled])
-        for i in enabled:
+        applied = {p.addr for p in self.apply([self.installed.patches[i].undo() for i in enabled])}
+        done = [i for i in enabled if self.installed.patches[i].addr in applied]
+        for i in done:
             del self.installed.patches[i]
-        return len(enabled)
+        return len(done)
 
     def install(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> list[Patch]:
         """Write a handler and one stub per site near ``module``, then enable every site.
 
         ``sites`` pairs each site with its process-wide index.  The whole batch is
-        rolled back if any patch fails.
+        rolled back if any patch fails.  Returns the patches applied (the guard may
+        hold some back: their sites are built, not enabled).
         """
         sizes = [self.engine.detour_size(site) for _, site in sites]
         region = self.allocate_near(module, HANDLER_RESERVE + sum(sizes))
@@ -265,23 +294,30 @@ class Installer:
             patches.append((index, patch))
             at += size
         self.tracee.write(region.addr, bytes(code))
-        self.apply([p for _, p in patches])
+        applied = self.apply([p for _, p in patches])
         for index, patch in patches:
-            self.installed.patches[index] = patch
             self.installed.built[index] = patch
-        return [p for _, p in patches]
+            if patch in applied:
+                self.installed.patches[index] = patch
+        return applied
 
-    def _check_threads_outside(self, patches: list[Patch]) -> None:
+    def _check_threads_outside(self, patches: list[Patch]) -> set[int]:
         windows = sorted((p.addr, p.addr + len(p.new)) for p in patches)
         for tid in self.tracee.threads:
             rip = ptrace.get_regs(tid).rip
             for lo, hi in windows:
                 if lo < rip < hi:
                     raise PatchError(f"thread {tid} is inside the patch window at {lo:#x}; try again")
+        return set()
 
-    def apply(self, patches: list[Patch]) -> None:
-        """Apply patches (every thread stopped), verifying original bytes; roll back on failure."""
-        self._check_threads_outside(patches)
+    def apply(self, patches: list[Patch], guard: bool = True) -> list[Patch]:
+        """Apply patches (every thread stopped), verifying original bytes; roll back on failure.
+
+        Patches the guard holds back are left out; returns those applied.
+        """
+        if guard:
+            held = self.guard(patches) if self.guard is not None else self._check_threads_outside(patches)
+            patches = [p for p in patches if p.addr not in held]
         done: list[Patch] = []
         try:
             for patch in patches:
@@ -295,9 +331,15 @@ class Installer:
             for patch in reversed(done):
                 self.tracee.write(patch.addr, patch.original)
             raise
+        return done
 
     def restore_all(self) -> None:
-        """Put every original byte back (every thread stopped)."""
-        self.apply([p.undo() for p in reversed(self.installed.in_order())])
+        """Put every original byte back (every thread stopped).
+
+        No guard: no thread can be inside an enabled window (its first
+        instruction is the jump, the rest is never executed).
+        """
+        self.apply([p.undo() for p in reversed(self.installed.in_order())], guard=False)
         self.installed.patches.clear()
         self.installed.prepared.clear()
+        self.installed.prepared_modules.clear()

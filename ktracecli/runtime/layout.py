@@ -2,7 +2,8 @@
 
 One file per traced process, mapped shared by both sides::
 
-    +0                 control page   magic, sizes, events lost for want of a slot
+    +0                 control page   magic, sizes, events lost for want of a slot,
+                                      ktracecli's heartbeat and the loader hook's words
     +4096              slot table     NSLOTS x 128 bytes, one slot per live thread
     +RINGS             rings          NSLOTS x ring_bytes, ring i belongs to slot i
 
@@ -49,8 +50,14 @@ CTRL_MAGIC = 0
 CTRL_NSLOTS = 8
 CTRL_LOST_NO_SLOT = 16
 CTRL_CONSUMER_ALIVE = 24
-CTRL_MAX_GRAPH_DEPTH = 32
-CTRL_TRACING_THRESH = 40  #: in TSC ticks
+#: u64: ktracecli's last sign of life (a TSC reading, rewritten every few ms by the consumer)
+CTRL_HEARTBEAT = 32
+#: u32: map changes announced by the loader hook (it adds 1 per call); u32: those ktracecli handled
+CTRL_DL_REQUEST = 40
+CTRL_DL_ACK = 44
+#: u64: function_graph's max_graph_depth (0 = unlimited) and tracing_thresh (TSC ticks, 0 = off)
+CTRL_MAX_GRAPH_DEPTH = 48
+CTRL_TRACING_THRESH = 56
 
 
 class Slot(ctypes.Structure):

@@ -16,6 +16,9 @@ import numpy as np
 
 from ktracecli.process.remote import RemoteCaller
 from ktracecli.runtime.layout import (
+    CTRL_DL_ACK,
+    CTRL_DL_REQUEST,
+    CTRL_HEARTBEAT,
     CTRL_LOST_NO_SLOT,
     CTRL_MAGIC,
     CTRL_MAX_GRAPH_DEPTH,
@@ -27,6 +30,15 @@ from ktracecli.runtime.layout import (
 )
 
 SHM_DIR = "/dev/shm"
+SYS_FUTEX = 202
+FUTEX_WAKE = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def futex_wake(addr: int) -> None:
+    """Wake every thread of any process waiting on the shared futex word at ``addr`` (our mapping)."""
+    _libc.syscall(ctypes.c_long(SYS_FUTEX), ctypes.c_void_p(addr), ctypes.c_long(FUTEX_WAKE),
+                  ctypes.c_long(0x7FFFFFFF), None, None, ctypes.c_long(0))
 
 
 class SharedRings:
@@ -50,6 +62,9 @@ class SharedRings:
         self._lost_no_slot = ctypes.c_uint64.from_buffer(self.mm, CTRL_LOST_NO_SLOT)
         self._max_graph_depth = ctypes.c_uint64.from_buffer(self.mm, CTRL_MAX_GRAPH_DEPTH)
         self._tracing_thresh = ctypes.c_uint64.from_buffer(self.mm, CTRL_TRACING_THRESH)
+        self._heartbeat = ctypes.c_uint64.from_buffer(self.mm, CTRL_HEARTBEAT)
+        self._dl_request = ctypes.c_uint32.from_buffer(self.mm, CTRL_DL_REQUEST)
+        self._dl_ack = ctypes.c_uint32.from_buffer(self.mm, CTRL_DL_ACK)
 
     def map_into(self, caller: RemoteCaller, scratch: int, fixed: int = 0) -> int:
         """Map the file into the tracee (its name is written at ``scratch``); returns the address."""
@@ -73,6 +88,32 @@ class SharedRings:
     def ring(self, slot: int, dtype: np.dtype) -> np.ndarray:
         """Slot ``slot``'s ring as a structured array over the shared memory."""
         return np.frombuffer(self.mm, dtype=dtype, count=self.layout.capacity, offset=self.layout.ring_offset(slot))
+
+    def release(self) -> None:
+        """Free the rings' memory once ktracecli has detached and read them for the last time.
+
+        The process keeps the mapping (a thread may still finish a record it began: it
+        lands in a fresh zero page), but the pages it filled go back to the system
+        instead of staying with it until it exits.
+        """
+        try:
+            self.mm.madvise(mmap.MADV_REMOVE, self.layout.rings, self.layout.size - self.layout.rings)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def beat(self, tsc: int) -> None:
+        """Say ktracecli is alive (the loader hook waits for ktracecli only while this is recent)."""
+        self._heartbeat.value = tsc
+
+    @property
+    def dl_request(self) -> int:
+        """How many map changes the loader hook has announced."""
+        return int(self._dl_request.value)
+
+    def dl_acknowledge(self, request: int) -> None:
+        """Say every map change up to ``request`` is handled, and wake the threads waiting for it."""
+        self._dl_ack.value = request & 0xFFFFFFFF
+        futex_wake(ctypes.addressof(self._dl_ack))
 
     @property
     def lost_no_slot(self) -> int:

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ktracecli.datadir import TraceData
+    from ktracecli.interface import LiveContext, LiveWriter
     from ktracecli.registry import Registry
     from ktracecli.runtime.layout import RuntimeLayout
 
@@ -38,6 +39,12 @@ class FunctionTracer:
         from ktracecli_function.output import write_trace
 
         write_trace(data, out)
+
+    def live_writer(self, context: "LiveContext", out: TextIO) -> "LiveWriter":
+        """Stream records as the function tracer's lines, without the header (trace_pipe)."""
+        from ktracecli_function.live import FunctionLiveWriter
+
+        return FunctionLiveWriter(context, out)
 
 
 @hookimpl

@@ -3,6 +3,9 @@ that hand typed settings to the core (catalog, session, datadir are faked here).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import io
 import os
 import subprocess
@@ -307,6 +310,7 @@ class FakeRecordSettings:
     config_path: Path
     max_graph_depth: int = 0
     tracing_thresh: int = 0
+    live: bool = False
 
 
 @dataclass(frozen=True)
@@ -361,6 +365,84 @@ def test_record_passes_program_options_without_double_dash(
 def test_record_needs_a_program(run: Any, recorded: list[FakeRecordSettings]) -> None:
     assert run("record").code == 2
     assert recorded == []
+
+
+def test_record_live_flag(run: Any, recorded: list[FakeRecordSettings]) -> None:
+    assert run("record", "--live", "./prog").code == 3
+    assert recorded[0].live is True
+    assert run("record", "./prog", "--live").code == 3
+    assert recorded[1].live is False and recorded[1].argv == ["./prog", "--live"]
+
+
+# --- attach and status ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FakeAttachSettings:
+    pid: int
+    output: Path
+    engine: str
+    tracer: str
+    filters: tuple[str, ...]
+    buffer_size_kb: int
+    config_path: Path
+    live: bool = False
+    max_graph_depth: int = 0
+    tracing_thresh: int = 0
+
+
+@pytest.fixture
+def attached(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> list[FakeAttachSettings]:
+    calls: list[FakeAttachSettings] = []
+
+    def attach(settings: FakeAttachSettings, reg: Registry) -> FakeRecordResult:
+        calls.append(settings)
+        return FakeRecordResult(exit_status=0)
+
+    fake_module(monkeypatch, "session", AttachSettings=FakeAttachSettings, attach=attach)
+    return calls
+
+
+def test_attach_builds_settings(run: Any, cfg: Path, attached: list[FakeAttachSettings]) -> None:
+    run("ktrace", "add", "work")
+    run("tracer", "function")
+    result = run("attach", "4242", "-o", "a.data", "--live")
+    assert result.code == 0
+    assert result.err.startswith("ktracecli: traced 12 functions, refused 3")
+    assert attached == [FakeAttachSettings(4242, Path("a.data"), "ktrace", "function", ("work",), 16384, cfg,
+                                           True)]
+
+
+@pytest.mark.parametrize("pid", ["0", "-3", "abc", ""])
+def test_attach_needs_a_pid(run: Any, attached: list[FakeAttachSettings], pid: str) -> None:
+    assert run("attach", pid).code == 2
+    assert attached == []
+
+
+def test_status_lists_sessions_and_removes_stale_ones(run: Any, monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    from ktracecli import status
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    assert run("status").err == "no running sessions\n"
+    mine = status.SessionStatus(ktracecli_pid=os.getpid(), kind="attach", pid=77, program="./prog -x",
+                                engine="ktrace", tracer="function", traced=3, events=1234, lost=5,
+                                output="a.data", config="c.toml")
+    status.publish(mine)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    status.publish(dataclasses.replace(mine, ktracecli_pid=gone.pid, pid=78))
+    assert len(list((tmp_path / "run" / "ktracecli").glob("session-*.json"))) == 2
+    result = run("status")
+    lines = result.out.splitlines()
+    assert lines[0].split() == ["PID", "PROGRAM", "ENGINE", "TRACER", "FUNCTIONS", "EVENTS", "LOST", "SESSION"]
+    assert lines[1].split() == ["77", "./prog", "-x", "ktrace", "function", "3", "1234", "5", "attach",
+                                f"({os.getpid()})"]
+    assert len(lines) == 2
+    assert len(list((tmp_path / "run" / "ktracecli").glob("session-*.json"))) == 1  # the stale one is gone
+    assert json.loads(run("status", "--json").out)["pid"] == 77
+    status.withdraw(os.getpid())
+    assert run("status").out == ""
 
 
 # --- show and the nop tracer ----------------------------------------------------------------

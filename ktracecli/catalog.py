@@ -33,7 +33,7 @@ def program_path(program: str) -> str:
 
 def _analyze(path: str, engine: Engine) -> ModuleAnalysis:
     ident, analysis = analysis_cache.analyze_path(engine, path)
-    return ModuleAnalysis(ident.path, ident.name, analysis)
+    return ModuleAnalysis(ident.path, ident.module_name, analysis)
 
 
 def available(program: str, engine: Engine, module_glob: str | None) -> list[ModuleAnalysis]:

@@ -218,8 +218,10 @@ class Tracer(Protocol):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    #: numpy dtype of one ring record, or None for a tracer that records nothing (nop)
-    record_dtype: ClassVar["np.dtype | None"]
+    @property
+    def record_dtype(self) -> "np.dtype | None":
+        """numpy dtype of one ring record, or None for a tracer that records nothing (nop)."""
+        ...
 
     def handler_source(self, layout: "RuntimeLayout") -> str:
         """Assembly (keystone syntax) of the handler, following the handler ABI."""

@@ -146,7 +146,7 @@ class Spool:
             buf = self._queue.get()
             if buf is None:
                 return
-            view = memoryview(buf.data)
+            view = buf.data.data
             for sink, lo, hi in buf.pieces:
                 if self._error is None:
                     try:

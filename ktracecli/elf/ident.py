@@ -25,6 +25,7 @@ EM_X86_64 = 62
 PT_LOAD, PT_DYNAMIC, PT_NOTE = 1, 2, 4
 DT_NULL, DT_NEEDED, DT_STRTAB, DT_STRSZ, DT_SONAME, DT_RPATH, DT_RUNPATH = 0, 1, 5, 10, 14, 15, 29
 NT_GNU_BUILD_ID = 3
+PAGE = 4096
 _MACHINES = {3: "386", 40: "ARM", 183: "AARCH64", 243: "RISCV", 8: "MIPS", 21: "PPC64", 22: "S390"}
 _TYPES = {0: "ET_NONE", 1: "ET_REL", 4: "ET_CORE"}
 
@@ -39,11 +40,18 @@ class ElfIdent:
     needed: tuple[str, ...] = ()
     soname: str | None = None
     runpath: tuple[str, ...] = field(default=())
+    #: the lowest PT_LOAD vaddr rounded down to a page (load bias = start of the offset-0 mapping - this)
+    first_load_vaddr: int = 0
 
     @property
     def name(self) -> str:
         """The file's basename."""
         return os.path.basename(self.path)
+
+    @property
+    def module_name(self) -> str:
+        """The name a library is known by (its DT_SONAME, as ``ldd`` shows it), else the file's basename."""
+        return self.soname or self.name
 
 
 def read_ident(path: str) -> ElfIdent:
@@ -93,7 +101,9 @@ def _parse(path: str, f: BinaryIO) -> ElfIdent:
             f.seek(offset)
             dynamic = f.read(filesz)
     needed, soname, runpath = _dynamic(path, f, phdrs, dynamic)
-    return ElfIdent(path, e_type == ET_DYN, build_id, needed, soname, runpath)
+    loads = [vaddr for p_type, _f, _o, vaddr, *_rest in phdrs if p_type == PT_LOAD]
+    first_load = (min(loads) & ~(PAGE - 1)) if loads else 0
+    return ElfIdent(path, e_type == ET_DYN, build_id, needed, soname, runpath, first_load)
 
 
 def _build_id(notes: bytes) -> str | None:

@@ -5,18 +5,17 @@ from __future__ import annotations
 import functools
 import os
 
-from ktracecli.elf.image import ElfImage
+from ktracecli.elf.ident import ElfIdent, read_ident
 from ktracecli.errors import ProgramError
 from ktracecli.process.maps import Mapping
 from ktracecli.runtime.installer import LoadedModule
 
 
 @functools.lru_cache(maxsize=256)
-def _first_load_vaddr(path: str, inode: int, mtime_ns: int) -> int | None:
-    """The file's lowest PT_LOAD vaddr (page-aligned), or None if it is not an ELF ktracecli reads."""
+def _ident(path: str, inode: int, mtime_ns: int) -> ElfIdent | None:
+    """The file's identity (first PT_LOAD vaddr, soname), or None if it is not an ELF ktracecli reads."""
     try:
-        with ElfImage.open(path) as image:
-            return image.first_load_vaddr
+        return read_ident(path)
     except ProgramError:
         return None
 
@@ -47,10 +46,13 @@ def loaded_modules(maps: list[Mapping], main_path: str | None = None) -> list[Lo
             st = os.stat(path)
         except OSError:
             continue  # deleted or replaced since it was mapped: its symbols cannot be read
-        first = _first_load_vaddr(path, st.st_ino, st.st_mtime_ns)
-        if first is None:
+        ident = _ident(path, st.st_ino, st.st_mtime_ns)
+        if ident is None:
             continue
-        modules.append(LoadedModule(path, os.path.basename(path), file_zero[path] - first, *spans[path]))
+        # a library is named by its soname (libstdc++.so.6, as ldd shows it), not its file
+        # (libstdc++.so.6.0.30); the main program by its file, as the rules name it
+        name = os.path.basename(path) if path == main_path else ident.module_name
+        modules.append(LoadedModule(path, name, file_zero[path] - ident.first_load_vaddr, *spans[path]))
     if main_path is not None:
         modules.sort(key=lambda m: m.path != main_path)
     return modules

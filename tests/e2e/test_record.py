@@ -214,6 +214,18 @@ def test_shared_library_function(builder: Builder, ktrace: Ktrace, tmp_path: Pat
     assert {e.parent for e in t.show.of("toupper")} == {"main"}
 
 
+def test_library_named_by_its_soname(builder: Builder, ktrace: Ktrace, tmp_path: Path) -> None:
+    """``:mod:libstdc++.so.6`` names the library ldd shows, although the file is libstdc++.so.6.0.NN."""
+    exe = builder.build("cxxlib", VARIANTS[0])
+    real = os.path.basename(os.path.realpath("/lib/x86_64-linux-gnu/libstdc++.so.6"))
+    assert real != "libstdc++.so.6", "the soname should be a link to a versioned file here"
+    t = trace(ktrace, tmp_path, [exe, "40"],
+              ["__cxa_allocate_exception:mod:libstdc++.so.6", "__cxa_begin_catch:mod:libstdc++.so.6"])
+    assert_counts(t, ["__cxa_allocate_exception", "__cxa_begin_catch"])
+    listed = ktrace.ok("available", "--mod", "libstdc++.so.6", exe).stdout.splitlines()
+    assert "__cxa_begin_catch [libstdc++.so.6]" in listed
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=VARIANT_IDS)
 def test_exit_status(builder: Builder, ktrace: Ktrace, tmp_path: Path, variant: Variant) -> None:
     exe = builder.build("exits", variant)

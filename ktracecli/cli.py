@@ -216,10 +216,40 @@ def ktrace_remove(
 
 
 @ktrace_app.command("list")
-def ktrace_list(ctx: typer.Context) -> None:
-    """Print the filter rules, one per line."""
+def ktrace_list(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help=(
+        "Also show what tracing costs the traced program: each traced function's detour (stub) "
+        "bytes in the last recording, and the running sessions' totals."))] = False,
+    data: Annotated[Optional[Path], typer.Option(
+        "--data", metavar="DIR", help="Recording to describe with -v (default: ktrace.data if there is one).")
+    ] = None,
+) -> None:
+    """Print the filter rules, one per line (with -v, the tracee memory each traced function takes)."""
     rules = config.load(_config_path(ctx)).filters
     typer.echo("\n".join(rules) if rules else ALL_FUNCTIONS_ENABLED)
+    if verbose:
+        _print_footprint(data or Path("ktrace.data"), explicit=data is not None)
+
+
+def _print_footprint(data: Path, explicit: bool) -> None:
+    """The ``ktrace list -v`` part: running sessions' totals, then one recording's functions."""
+    from ktracecli import footprint, status
+
+    for s in status.running():
+        per = f" ({s.detour_bytes / s.traced:.1f} per function)" if s.traced else ""
+        typer.echo(f"# session {s.ktracecli_pid} ({s.kind} of pid {s.pid}, {s.engine}+{s.tracer}): {s.traced} "
+                   f"functions traced, {s.detour_bytes} bytes of detours{per}, {s.handler_bytes} bytes of handlers")
+    if not data.exists() and not explicit:
+        return
+    fp = footprint.of_data(data)
+    typer.echo(f"# {data}: {len(fp.detours)} functions traced, {fp.detour_bytes} bytes of detours "
+               f"({fp.per_function:.1f} per function), {fp.handler_bytes} bytes of handlers; "
+               f"records of {fp.record_size} bytes in per-thread rings")
+    if fp.detours:
+        width = max(len(d.name) for d in fp.detours)
+        for d in sorted(fp.detours, key=lambda d: (d.module, d.name)):
+            typer.echo(f"{d.name:<{width}}  [{d.module}]  detour {d.size} bytes")
 
 
 @ktrace_app.command("clear")

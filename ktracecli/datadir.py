@@ -227,14 +227,22 @@ def _read_json(base: Path, name: str) -> Any:
         raise DataError(f"corrupt data directory {base}: {name}: {exc}") from None
 
 
-def load(path: Path, record_dtype: np.dtype | None = None) -> TraceData:
-    """Read a data directory; DataError with one line if it is missing or corrupt."""
+def metadata(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``info.json`` and ``sites.json`` of a data directory, without reading its events."""
     if not path.is_dir():
         raise DataError(f"no trace data in {path} (run 'ktracecli record' first)")
     info = _read_json(path, "info.json")
     if not isinstance(info, dict) or info.get("version") != FORMAT_VERSION or "tracer" not in info:
         raise DataError(f"corrupt data directory {path}: info.json is not a ktracecli trace")
     sites = _read_json(path, "sites.json")
+    if not isinstance(sites, list) or not all(isinstance(s, dict) and "name" in s for s in sites):
+        raise DataError(f"corrupt data directory {path}: sites.json is not a list of sites")
+    return info, sites
+
+
+def load(path: Path, record_dtype: np.dtype | None = None) -> TraceData:
+    """Read a data directory; DataError with one line if it is missing or corrupt."""
+    info, sites = metadata(path)
     modules = _read_json(path, "modules.json")
     threads = []
     itemsize = int(info.get("record_size", 0))

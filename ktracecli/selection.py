@@ -157,6 +157,10 @@ class SiteTable:
             self.entries.append({"name": site.name, "module": module.name, "addr": site.vaddr + module.bias})
         return found
 
+    def note_detour(self, index: int, size: int) -> None:
+        """The bytes of tracee memory the site's stub takes (recorded once, from the first process)."""
+        self.entries[index].setdefault("detour", size)
+
     def names(self) -> list[str]:
         """Function name of each index."""
         return [e["name"] for e in self.entries]

@@ -166,7 +166,15 @@ class Session:
             ktracecli_pid=os.getpid(), kind=self.kind, pid=self.leader.pid if self.leader else 0,
             program=self.program, engine=sh.engine.name, tracer=sh.tracer.name if sh.tracing else "nop",
             traced=len(enabled), events=self.writer.events, lost=self.lost, output=str(self.output),
-            config=str(self.config_path or ""), processes=len(sh.procs)))
+            config=str(self.config_path or ""), processes=len(sh.procs),
+            detour_bytes=sum(int(sh.sites.entries[i].get("detour", 0)) for i in enabled),
+            handler_bytes=self.handler_bytes))
+
+    @property
+    def handler_bytes(self) -> int:
+        """Handler code placed in the leader (one copy per stub region)."""
+        leader = self.leader
+        return leader.installer.installed.handler_bytes if leader and leader.installer else 0
 
     @property
     def lost(self) -> int:
@@ -203,6 +211,7 @@ class Session:
             "max_graph_depth": self.settings.max_graph_depth, "tracing_thresh": self.settings.tracing_thresh,
             # for bench/: time from start to resuming the patched program, and ktracecli's peak memory
             "setup_s": round(self.setup_s, 6),
+            "handler_bytes": self.handler_bytes,
             "ktracecli_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         })
         return RecordResult(exit_status, sh.engine.name, traced, refused, self.writer.events, lost,

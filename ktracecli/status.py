@@ -38,6 +38,9 @@ class SessionStatus:
     config: str
     #: processes traced now
     processes: int = 1
+    #: tracee memory: stubs of the functions enabled now, and handler code (leader process)
+    detour_bytes: int = 0
+    handler_bytes: int = 0
 
 
 def runtime_dir() -> Path:

@@ -15,6 +15,7 @@ is left for the next sync; ``dirty`` says one is needed.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 from collections.abc import Callable
@@ -194,6 +195,9 @@ class TracedProcess:
         self.installer = Installer(self.tracee, parent.installer.caller, self.shared.engine, self.shared.tracer,
                                    parent.installer.layout)
         self.installer.installed = parent.installer.installed.copy()
+        # its memory holds copies of the parent's stub regions: later stubs may fill them too
+        self.installer.regions = {key: [dataclasses.replace(r) for r in regions]
+                                  for key, regions in parent.installer.regions.items()}
         self.installer.guard = self._guard
         self.space = self.shared.spaces.new(self.modules)
 
@@ -300,6 +304,9 @@ class TracedProcess:
                 per_module.setdefault(module, []).append((index, site))
         for module, sites in per_module.items():
             installer.enable(module, sites)
+            for index, _site in sites:
+                if index in installer.installed.detours:
+                    sh.sites.note_detour(index, installer.installed.detours[index][1])
         self.dirty = set(installer.installed.patches) != set(desired)
 
     @property

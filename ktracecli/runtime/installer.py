@@ -69,11 +69,21 @@ class LoadedModule:
 
 @dataclass
 class Region:
-    """A code region near one module."""
+    """A code region near one module: ``used`` bytes from its start are taken."""
 
     addr: int
     size: int
     used: int = 0
+    #: where the tracer's handler is (stub regions have one at their start)
+    handler: int = 0
+
+
+#: stubs start on 16-byte boundaries (the CPU fetches and decodes code in aligned 16-byte blocks)
+STUB_ALIGN = 16
+
+
+def _aligned(size: int) -> int:
+    return (size + STUB_ALIGN - 1) & ~(STUB_ALIGN - 1)
 
 
 @dataclass
@@ -93,6 +103,11 @@ class Installed:
     hooked_modules: set[str] = field(default_factory=set)
     #: runtime hooks: never undone (see :meth:`Installer.place_hooks`), so not in :meth:`in_order`
     hooks: list[Patch] = field(default_factory=list)
+    #: site index -> (address, bytes taken) of its stub, alignment included: the tracee memory
+    #: each traced function costs
+    detours: dict[int, tuple[int, int]] = field(default_factory=dict)
+    #: bytes of handler code (one per stub region, shared by its stubs)
+    handler_bytes: int = 0
 
     def in_order(self) -> list[Patch]:
         """Every patch in the order it was applied (undo them in reverse)."""
@@ -101,7 +116,7 @@ class Installed:
     def copy(self) -> "Installed":
         """The same state, for a forked child (its memory is a copy of its parent's)."""
         return Installed(list(self.prepared), set(self.prepared_modules), dict(self.built), dict(self.patches),
-                         set(self.hooked_modules), list(self.hooks))
+                         set(self.hooked_modules), list(self.hooks), dict(self.detours), self.handler_bytes)
 
     def forget(self, module: "LoadedModule") -> None:
         """A module was unmapped (dlclose): its patches and stubs went with it."""
@@ -111,6 +126,7 @@ class Installed:
         self.prepared_modules.discard(module.path)
         self.built = {i: p for i, p in self.built.items() if not inside(p)}
         self.patches = {i: p for i, p in self.patches.items() if not inside(p)}
+        self.detours = {i: d for i, d in self.detours.items() if i in self.built}
         self.hooked_modules.discard(module.path)
         self.hooks = [p for p in self.hooks if not inside(p)]
 
@@ -136,6 +152,8 @@ class Installer:
         self.routines: dict[str, int] = {}
         #: set by a live session: clears threads out of patch windows (default: refuse if one is inside)
         self.guard: Guard | None = None
+        #: stub regions by module mapping (path, load bias), in the order they were mapped
+        self.regions: dict[tuple[str, int], list[Region]] = {}
 
     def allocate_near(self, module: LoadedModule, size: int) -> Region:
         """Map a new r-x region reachable by rel32 from the whole module."""
@@ -271,35 +289,53 @@ class Installer:
             del self.installed.patches[i]
         return len(done)
 
+    #   region near the module (r-x, never freed), filled from the front, reused by later installs:
+    #     +0       handler                     this tracer's, for this process (layout baked in)
+    #     +H       stub_0 | stub_1 | ...       each as long as the engine made it, 16-byte aligned
+    #     ...      (free: the next install of a site of this module goes here)
     def install(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> list[Patch]:
-        """Write a handler and one stub per site near ``module``, then enable every site.
+        """Write one stub per site near ``module`` (and a handler, in a new region), then enable every site.
 
         ``sites`` pairs each site with its process-wide index.  The whole batch is
         rolled back if any patch fails.  Returns the patches applied (the guard may
         hold some back: their sites are built, not enabled).
         """
-        sizes = [self.engine.detour_size(site) for _, site in sites]
-        region = self.allocate_near(module, HANDLER_RESERVE + sum(sizes))
-        handler = assemble(self.tracer.handler_source(self.layout), region.addr)
-        if len(handler) > HANDLER_RESERVE:
-            raise PatchError(f"handler of {self.tracer.name} is {len(handler)} bytes, more than {HANDLER_RESERVE}")
-        code = bytearray(handler.ljust(HANDLER_RESERVE, b"\xcc"))
+        bounds = [self.engine.detour_size(site) for _, site in sites]
+        region = self._region_for(module, sum(_aligned(b) for b in bounds))
+        start = at = region.addr + region.used
+        code = bytearray()
         patches = []
-        at = region.addr + HANDLER_RESERVE
-        for (index, site), size in zip(sites, sizes):
-            stub, patch = self.engine.build(site, module.bias, at, region.addr, index)
-            if len(stub) > size:
-                raise PatchError(f"stub for {site.name} is {len(stub)} bytes, {size} were reserved")
-            code += stub.ljust(size, b"\xcc")
+        for (index, site), bound in zip(sites, bounds):
+            stub, patch = self.engine.build(site, module.bias, at, region.handler, index)
+            if len(stub) > bound:
+                raise PatchError(f"stub for {site.name} is {len(stub)} bytes, {bound} were reserved")
+            self.installed.detours[index] = (at, _aligned(len(stub)))
+            code += stub.ljust(_aligned(len(stub)), b"\xcc")
             patches.append((index, patch))
-            at += size
-        self.tracee.write(region.addr, bytes(code))
+            at = start + len(code)
+        self.tracee.write(start, bytes(code))
+        region.used += len(code)
         applied = self.apply([p for _, p in patches])
         for index, patch in patches:
             self.installed.built[index] = patch
             if patch in applied:
                 self.installed.patches[index] = patch
         return applied
+
+    def _region_for(self, module: LoadedModule, need: int) -> Region:
+        """The module's region with ``need`` bytes free, or a new one with the tracer's handler at its start."""
+        for region in self.regions.get((module.path, module.bias), []):
+            if region.size - region.used >= need:
+                return region
+        region = self.allocate_near(module, HANDLER_RESERVE + need)
+        handler = assemble(self.tracer.handler_source(self.layout), region.addr)
+        if len(handler) > HANDLER_RESERVE:
+            raise PatchError(f"handler of {self.tracer.name} is {len(handler)} bytes, more than {HANDLER_RESERVE}")
+        self.tracee.write(region.addr, handler)
+        region.handler, region.used = region.addr, _aligned(len(handler))
+        self.installed.handler_bytes += len(handler)
+        self.regions.setdefault((module.path, module.bias), []).append(region)
+        return region
 
     def _check_threads_outside(self, patches: list[Patch]) -> set[int]:
         windows = sorted((p.addr, p.addr + len(p.new)) for p in patches)

@@ -40,6 +40,8 @@ MARKS = ((1_000_000_000, "$"), (100_000_000, "@"), (10_000_000, "*"), (1_000_000
 FILL = "              |  "
 PROC_WIDTH = 14
 DASHES = " " + "-" * 42
+#: lines written at a time
+BATCH_LINES = 4096
 
 
 def mark(ns: int) -> str:
@@ -200,7 +202,7 @@ def write_trace(data: TraceData, out: TextIO, settings: ShowSettings = ShowSetti
             continue
         lines.append(printer.switch(g, i))
         lines.append(printer.line(g, i))
-        if len(lines) > 4096:
+        if len(lines) > BATCH_LINES:
             out.write("".join(lines))
             lines.clear()
     for g in graphs:

@@ -2,7 +2,8 @@
 
 This is the straightforward implementation (one Python step per record, one f-string
 per line) that ``ktracecli_function_graph.graph`` and ``.output`` replaced with numpy.
-It is kept here, unchanged but for living in one module, only so that
+It is kept here, unchanged but for living in one module (with its own copies of
+the record decoding and clock conversion it used), only so that
 ``test_graph_equivalence.py`` can compare the product's output with it byte for byte;
 the product must not import it.
 """
@@ -12,15 +13,26 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from ktracecli.datadir import ThreadData, TraceData
 from ktracecli.interface import ShowSettings
 from ktracecli.options import TraceOptions
-from ktracecli.runtime.clock import timestamps_ns
-from ktracecli_function_graph.records import RECORD_DTYPE, Kind, decode
+from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, MAX_DEPTH, RECORD_DTYPE, Kind
+
+
+def decode(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(depth, kind, cpu) arrays of ``records`` (records.decode as it was)."""
+    info = records["info"].astype(np.int64)
+    return info & MAX_DEPTH, (info >> KIND_SHIFT) & 3, (info >> CPU_SHIFT) & CPU_MASK
+
+
+def timestamps_ns(calibration: dict[str, Any], tsc: np.ndarray) -> np.ndarray:
+    """CLOCK_MONOTONIC nanoseconds of TSC readings (ktracecli.runtime.clock's formula as it was)."""
+    delta = tsc.astype(np.int64) - np.int64(calibration["tsc0"])
+    return np.int64(calibration["ns0"]) + np.round(delta * float(calibration["ns_per_tick"])).astype(np.int64)
 
 
 class Role(enum.IntEnum):

@@ -26,12 +26,15 @@ PAD = 0
 
 def table(strings: Sequence[str]) -> np.ndarray:
     """The UTF-8 bytes of ``strings`` as rows of a matrix, NUL-padded to the longest."""
-    encoded = [s.encode() for s in strings]
-    width = max((len(e) for e in encoded), default=0)
-    out = np.zeros((len(encoded), max(width, 1)), dtype=np.uint8)
-    for i, e in enumerate(encoded):
-        out[i, :len(e)] = np.frombuffer(e, dtype=np.uint8)
-    return out[:, :width] if width else out[:, :0]
+    return _padded([s.encode() for s in strings])
+
+
+def _padded(encoded: Sequence[bytes]) -> np.ndarray:
+    sizes = np.array([len(e) for e in encoded], dtype=np.int64)
+    width = int(sizes.max()) if len(encoded) else 0
+    out = np.zeros((len(encoded), width), dtype=np.uint8)
+    out[np.arange(width)[None, :] < sizes[:, None]] = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    return out
 
 
 def pick(rows: np.ndarray, index: np.ndarray) -> np.ndarray:
@@ -177,25 +180,67 @@ def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(present) + low, slot[offset]
 
 
-def join_rows(columns: Sequence[np.ndarray], inserts: Sequence[tuple[int, bytes]] = ()) -> bytes:
+def join_rows(columns: Sequence[np.ndarray], inserts: Sequence[tuple[int, bytes]] = (),
+              last: tuple[Sequence[str], np.ndarray] | None = None) -> bytes:
     """The lines made of ``columns`` side by side, NUL padding removed, as one bytes object.
+
+    ``last`` is an optional last column of strings of any length: (strings, index of each
+    row's string).  When a few of them are far longer than the rest (deeply indented
+    calls), padding every row to the longest would cost more than the text: the long
+    ones are then cut into pieces, each on a row of its own (see :func:`_wrapped`).
 
     ``inserts`` are (row, text) pairs, sorted by row: each text is put before that row
     (after the last row when it is the number of rows), for lines that do not fit the
     columns (task switches, lost events).
     """
-    if not columns or not len(columns[0]):
+    n = len(columns[0]) if columns else (len(last[1]) if last is not None else 0)
+    if not n:
         return b"".join(text for _, text in inserts)
+    ends_at: np.ndarray | None = None  # the last matrix row of each line, when not the line itself
+    if last is not None:
+        columns, ends_at = _wrapped(columns, _padded([s.encode() for s in last[0]]), last[1])
     matrix = np.concatenate(columns, axis=1)
     kept = matrix != PAD
     text = matrix.reshape(-1)[kept.reshape(-1)].tobytes()
     if not inserts:
         return text
-    ends = np.cumsum(np.count_nonzero(kept, axis=1)).tolist()
+    ends = np.cumsum(np.count_nonzero(kept, axis=1))
+    ends_list = (ends if ends_at is None else ends[ends_at]).tolist()
     pieces, done = [], 0
     for row, extra in inserts:
-        at = ends[row - 1] if row else 0
+        at = ends_list[row - 1] if row else 0
         pieces += [text[done:at], extra]
         done = at
     pieces.append(text[done:])
     return b"".join(pieces)
+
+
+def _wrapped(columns: Sequence[np.ndarray], strings: np.ndarray,
+             index: np.ndarray) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """``columns`` and a last column of rows of ``strings`` (``index``), with the strings cut into
+    pieces of the width that makes the smallest matrix; a line whose string takes k pieces
+    takes k rows, the other columns NUL on all but the first (NULs are squeezed out, so the
+    rows of a line join up again).  Also the last row of each line (None: one row each)."""
+    sizes = np.count_nonzero(strings, axis=1)
+    used = np.bincount(index, minlength=len(strings))
+    head = sum(c.shape[1] for c in columns)
+    widths = [w for w in (16, 32, 64, 128, 256, 512, 1024) if w < strings.shape[1]] + [strings.shape[1]]
+    cells = [(head + w) * int(used @ np.maximum(-(-sizes // max(w, 1)), 1)) for w in widths]
+    width = widths[int(np.argmin(cells))]
+    if width == strings.shape[1]:
+        return [*columns, pick(strings, index)], None
+    pieces = -(-strings.shape[1] // width)
+    chunks = np.zeros((len(strings), pieces * width), dtype=np.uint8)
+    chunks[:, :strings.shape[1]] = strings
+    chunks = chunks.reshape(len(strings) * pieces, width)
+    rows = np.maximum(-(-sizes // width), 1)[index]
+    line = np.repeat(np.arange(len(index)), rows)
+    first = np.cumsum(rows) - rows
+    piece = np.arange(len(line)) - first[line]
+    out = []
+    if columns:
+        heads = np.zeros((len(line), head), dtype=np.uint8)
+        heads[first] = np.concatenate(columns, axis=1)
+        out.append(heads)
+    out.append(np.take(chunks, index[line] * pieces + piece, axis=0))
+    return out, first + rows - 1

@@ -161,8 +161,7 @@ class LineRenderer:
             columns.append(render.pick(self.procs, records.owner(rows)))
         if self.duration:
             columns += self._duration(records.duration(rows))
-        columns.append(self._body(records, rows))
-        return render.join_rows(columns, inserts)
+        return render.join_rows(columns, inserts, last=self._body(records, rows))
 
     def _duration(self, ns: np.ndarray) -> list[np.ndarray]:
         """Head, number and tail of the DURATION field (blank where ``ns`` is negative)."""
@@ -179,12 +178,13 @@ class LineRenderer:
                 else render.constant("  ", len(ns)))
         return [head, number, render.pick(tails, tail)]
 
-    def _body(self, records: Records, rows: np.ndarray) -> np.ndarray:
-        """Indentation, body and newline: one string per distinct (body, function, depth) of the batch."""
+    def _body(self, records: Records, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """Indentation, body and newline: one string per distinct (body, function, depth) of the
+        batch, and which one each line shows."""
         body = self.bodies[records.role[rows] * 2 + records.matched[rows]]
         site = np.where(body == Body.CLOSE, 0, records.site[rows])
         keys, which = render.factorize((body * self._sites + site) * DEPTH_SPAN + records.depth[rows])
-        return render.pick(render.table([self._text(k) for k in keys.tolist()]), which)
+        return [self._text(k) for k in keys.tolist()], which
 
     def _text(self, key: int) -> str:
         text = self._bodies.get(key)

@@ -35,6 +35,7 @@ import numpy as np
 from ktracecli.datadir import TraceData
 from ktracecli.interface import ShowSettings
 from ktracecli.options import TraceOptions
+from ktracecli.runtime.clock import timestamps_ns
 from ktracecli_function_graph.columns import LineRenderer, Records, duration_number, mark, proc_field
 from ktracecli_function_graph.graph import Role, ThreadGraph, thread_graph
 
@@ -116,12 +117,12 @@ def _thread_inserts(g: ThreadGraph, start: int) -> list[Insert]:
                   if count and 0 <= at <= len(g))
 
 
-def _merged(graphs: list[ThreadGraph], records: Records, cpu_width: int) -> tuple[list[Batch], list[Insert]]:
-    """Several threads' printed records in time order (each thread's in its own order), keyed by
-    position, and the lines between them."""
+def _merged(graphs: list[ThreadGraph], records: Records, cpu_width: int) -> tuple[np.ndarray, list[Insert]]:
+    """Several threads' printed records in time order (each thread's in its own order), and the
+    lines between them, keyed by position in that order."""
     keys = np.empty(len(records.tsc), dtype=np.int64)
     for start, stop in zip(records.starts.tolist(), records.starts[1:].tolist()):
-        keys[start:stop] = records.ns(np.arange(start, stop))
+        keys[start:stop] = timestamps_ns(records.clock, records.tsc[start:stop])
         np.maximum.accumulate(keys[start:stop], out=keys[start:stop])
     order = np.argsort(keys, kind="stable")
     del keys
@@ -144,9 +145,14 @@ def _merged(graphs: list[ThreadGraph], records: Records, cpu_width: int) -> tupl
             inserts.append((len(rows), TRAILING, k, _lost(g, at, count)))
     inserts += _switches(graphs, records, rows, cpu_width)
     inserts.sort()
-    batches = [(rows[first:first + BATCH_LINES], np.arange(first, min(first + BATCH_LINES, len(rows))),
-                first + BATCH_LINES) for first in range(0, len(rows), BATCH_LINES)]
-    return batches, inserts
+    return rows, inserts
+
+
+def _merged_batches(rows: np.ndarray) -> Iterator[Batch]:
+    """``rows`` a batch at a time, keyed by position."""
+    for first in range(0, len(rows), BATCH_LINES):
+        part = rows[first:first + BATCH_LINES]
+        yield part, np.arange(first, first + len(part)), first + BATCH_LINES
 
 
 def _switches(graphs: list[ThreadGraph], records: Records, rows: np.ndarray, cpu_width: int) -> list[Insert]:
@@ -212,7 +218,8 @@ def write_trace(data: TraceData, out: TextIO, settings: ShowSettings = ShowSetti
             _write(out, renderer, records, _thread_batches(records.role, 0, starts[1]),
                    _thread_inserts(graphs[0], 0))
         else:
-            _write(out, renderer, records, *_merged(graphs, records, cpu_width))
+            rows, inserts = _merged(graphs, records, cpu_width)
+            _write(out, renderer, records, _merged_batches(rows), inserts)
         return
     first = [int(records.ns(np.array([start]))[0]) if start < stop else 0
              for start, stop in zip(starts, starts[1:])]

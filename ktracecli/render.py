@@ -2,17 +2,21 @@
 
 A trace is printed in batches of lines.  Each line is a row of a byte matrix made
 of columns side by side; a column is either numbers printed into a fixed width
-(:func:`decimal`) or strings taken from a small table by index (:func:`pick`),
-padded with NUL bytes to the table's widest entry.  :func:`join_rows` puts the
-columns side by side and squeezes the NUL padding out, which leaves each line
-exactly as long as its text::
+(:func:`decimal`, :func:`fixed_point`) or strings taken from a small table by index
+(:func:`pick`), padded with NUL bytes to the table's widest entry.  :func:`join_rows`
+puts the columns side by side and squeezes the NUL bytes out, which leaves each
+line exactly as long as its text::
 
     column:   task            cpu    time           name
     row 0:    "  prog-42 ["   "001"  "]  5.000001"  "main <-start\\n\\0\\0\\0"
     row 1:    "  prog-42 ["   "000"  "]  5.000002"  "leaf <-main\\n\\0\\0\\0\\0"
                                                      └ padding removed by join_rows
 
-No byte of printed text is ever NUL, so the padding can always be told apart.
+No byte of printed text is ever NUL, so the padding can always be told apart, and
+it may be anywhere in a column: numbers are printed 4 digits at a time from a table
+of 10,000 four-byte groups, NUL-padded on the left.  The last column may also be a
+list of strings of any length (:func:`join_rows`' ``last``), and lines that do not
+fit the columns are spliced in between rows (``inserts``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def table(strings: Sequence[str]) -> np.ndarray:
 
 
 def _padded(encoded: Sequence[bytes]) -> np.ndarray:
+    """``encoded`` as rows of a matrix, NUL-padded to the longest."""
     sizes = np.array([len(e) for e in encoded], dtype=np.int64)
     width = int(sizes.max()) if len(encoded) else 0
     out = np.zeros((len(encoded), width), dtype=np.uint8)
@@ -128,7 +133,8 @@ def _fractions(decimals: int) -> tuple[np.ndarray, np.ndarray]:
     """"." and the first k of ``decimals`` digits, for k = 0 .. decimals (k = 0: nothing), in one
     table of uint32 rows (entry: start[k] + the fraction's first k digits), and the starts."""
     if decimals not in _FRACTIONS:
-        texts, starts = [], []
+        texts: list[str] = []
+        starts: list[int] = []
         for k in range(decimals + 1):
             starts.append(len(texts))
             texts += [f".{i:0{k}d}" if k else "" for i in range(10 ** k)]
@@ -146,6 +152,7 @@ def fixed_point(values: np.ndarray, decimals: int, most: int) -> tuple[np.ndarra
     min(``decimals``, ``most`` - its digits) digits of the fraction, truncated, when that
     is at least one (the kernel's function_graph durations: ``0.313``, ``33998.59``,
     ``3594274``).  Returns the column (NUL-padded) and the length of each row's text.
+    ``decimals`` is small: a table of its 10**decimals fractions is made on first use.
     """
     values = np.asarray(values, dtype=np.int64)
     whole, fraction = np.divmod(values, 10 ** decimals)
@@ -181,11 +188,11 @@ def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def join_rows(columns: Sequence[np.ndarray], inserts: Sequence[tuple[int, bytes]] = (),
-              last: tuple[Sequence[str], np.ndarray] | None = None) -> bytes:
+              last: tuple[Sequence[bytes], np.ndarray] | None = None) -> bytes:
     """The lines made of ``columns`` side by side, NUL padding removed, as one bytes object.
 
-    ``last`` is an optional last column of strings of any length: (strings, index of each
-    row's string).  When a few of them are far longer than the rest (deeply indented
+    ``last`` is an optional last column of UTF-8 strings of any length: (strings, index of
+    each row's string).  When a few of them are far longer than the rest (deeply indented
     calls), padding every row to the longest would cost more than the text: the long
     ones are then cut into pieces, each on a row of its own (see :func:`_wrapped`).
 
@@ -198,7 +205,7 @@ def join_rows(columns: Sequence[np.ndarray], inserts: Sequence[tuple[int, bytes]
         return b"".join(text for _, text in inserts)
     ends_at: np.ndarray | None = None  # the last matrix row of each line, when not the line itself
     if last is not None:
-        columns, ends_at = _wrapped(columns, _padded([s.encode() for s in last[0]]), last[1])
+        columns, ends_at = _wrapped(columns, _padded(last[0]), last[1])
     matrix = np.concatenate(columns, axis=1)
     kept = matrix != PAD
     text = matrix.reshape(-1)[kept.reshape(-1)].tobytes()

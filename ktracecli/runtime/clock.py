@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ktracecli.arch.x86_64.assembler import assemble
-
 _page: mmap.mmap | None = None
 _rdtsc = None
 
@@ -24,6 +22,9 @@ def rdtsc() -> int:
     """The current time stamp counter."""
     global _page, _rdtsc
     if _rdtsc is None:
+        # imported here: ``show`` converts timestamps without loading the assembler (keystone)
+        from ktracecli.arch.x86_64.assembler import assemble
+
         code = assemble("rdtsc; shl rdx, 32; or rax, rdx; ret", 0)
         _page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         _page.write(code)

@@ -5,12 +5,13 @@ Each line is ``[abstime] [cpu] [proc] [duration field] indent body`` (see
 :mod:`ktracecli.render`::
 
     abstime    decimal(s, 5) "." decimal(us, 6, "0") " |  "      360.774522 |  
-    cpu        " " decimal(cpu, width) ") "                       1) 
+    cpu        one " %*d) " string per CPU number                  1) 
     proc       one "comm-pid | " string per thread                   sh-4802     | 
     duration   head: mark + " " (or "  ")                          + 
                number: fixed_point(ns, 3 decimals, 7 digits)      12.345
                tail: " us " + spaces to width 8 + "|  "             us   |  
-    body       one "  " * depth + body + "\\n" string per distinct (body, function, depth)
+    body       one "  " * depth + body + "\\n" string per distinct (body, function, depth),
+               the last column of render.join_rows (any length)
 
 A line without a duration (``func() {``, a call without return hooking, a return
 whose entry is not in the trace) has a blank head, no number, and a tail of 12
@@ -29,6 +30,7 @@ from ktracecli import render
 from ktracecli.options import TraceOptions
 from ktracecli.runtime.clock import timestamps_ns
 from ktracecli_function_graph.graph import Role
+from ktracecli_function_graph.records import DEPTH_BITS
 
 #: the overhead marks, for durations strictly above each limit in ns (a space under 10 us)
 LIMITS = np.array([10_000, 100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000], dtype=np.int64)
@@ -42,8 +44,8 @@ TAILS = render.table([f" us {' ' * k}|  " for k in range(4)] + [FILL[2:]])
 NO_NUMBER = 4
 #: the width of TAILS without its last entry
 TAIL_WIDTH = len(" us    |  ")
-#: depth bits in a body key (records.DEPTH_BITS)
-DEPTH_SPAN = 1 << 10
+#: depths in a body key
+DEPTH_SPAN = 1 << DEPTH_BITS
 
 
 class Body(enum.IntEnum):
@@ -143,7 +145,7 @@ class LineRenderer:
         self.cpus = (render.table([f" {c:{cpu_width}d}) " for c in range(top_cpu + 1)])
                      if "funcgraph-cpu" in opts else None)
         self._sites = max(len(names), 1)
-        self._bodies: dict[int, str] = {}
+        self._bodies: dict[int, bytes] = {}
 
     def lines(self, records: Records, rows: np.ndarray, inserts: list[tuple[int, bytes]]) -> bytes:
         """The lines of ``records[rows]`` with ``inserts`` ((row, text), sorted) put before their rows."""
@@ -170,7 +172,6 @@ class LineRenderer:
         tail = np.maximum(8 - length, 0)
         tails = TAILS[:NO_NUMBER, :TAIL_WIDTH]
         if not shown.all():
-            number = number.copy()
             number[~shown] = render.PAD
             tail[~shown] = NO_NUMBER
             tails = TAILS
@@ -178,7 +179,7 @@ class LineRenderer:
                 else render.constant("  ", len(ns)))
         return [head, number, render.pick(tails, tail)]
 
-    def _body(self, records: Records, rows: np.ndarray) -> tuple[list[str], np.ndarray]:
+    def _body(self, records: Records, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         """Indentation, body and newline: one string per distinct (body, function, depth) of the
         batch, and which one each line shows."""
         body = self.bodies[records.role[rows] * 2 + records.matched[rows]]
@@ -186,12 +187,13 @@ class LineRenderer:
         keys, which = render.factorize((body * self._sites + site) * DEPTH_SPAN + records.depth[rows])
         return [self._text(k) for k in keys.tolist()], which
 
-    def _text(self, key: int) -> str:
+    def _text(self, key: int) -> bytes:
+        """The UTF-8 text of a body key (made once)."""
         text = self._bodies.get(key)
         if text is None:
             rest, depth = divmod(key, DEPTH_SPAN)
             body, site = divmod(rest, self._sites)
             name = self.names[site]
             shown = (f"{name}();", f"{name}() {{", "}", f"}} /* {name} */")[body]
-            text = self._bodies[key] = f"{'  ' * depth}{shown}\n"
+            text = self._bodies[key] = f"{'  ' * depth}{shown}\n".encode()
         return text

@@ -186,19 +186,9 @@ def _write(out: TextIO, renderer: LineRenderer, records: Records, batches: Itera
             k += 1
         spliced = inserts[first:k]
         at = np.searchsorted(keys, [key for key, _, _, _ in spliced]).tolist() if spliced else []
-        _put(out, renderer.lines(records, rows, [(a, text) for a, (_, _, _, text) in zip(at, spliced)]))
+        out.write(renderer.lines(records, rows, [(a, text) for a, (_, _, _, text) in zip(at, spliced)]).decode())
     if k < len(inserts):
-        _put(out, b"".join(text for _, _, _, text in inserts[k:]))
-
-
-def _put(out: TextIO, text: bytes) -> None:
-    """Write UTF-8 ``text`` to ``out`` (straight to its byte stream when it has one)."""
-    raw = getattr(out, "buffer", None)
-    if raw is None:
-        out.write(text.decode())
-        return
-    out.flush()
-    raw.write(text)
+        out.write(b"".join(text for _, _, _, text in inserts[k:]).decode())
 
 
 def write_trace(data: TraceData, out: TextIO, settings: ShowSettings = ShowSettings()) -> None:

@@ -4,7 +4,9 @@ The kernel's rules, applied to a thread's ring (our "CPU buffer"):
 
 - an ENTRY directly followed by its own return (same depth and function, no
   events lost between them) is a leaf, ``func();``, and the return is not
-  printed on its own;
+  printed on its own; it forgets the function remembered at its depth (as the
+  kernel's print_graph_entry_leaf does: a call at that depth means the frame
+  that was there has returned, its return lost);
 - any other ENTRY opens ``func() {`` and remembers the function at its depth;
 - a return (EXIT, or CLOSED for a frame left by longjmp or an exception)
   prints ``}``, or ``} /* func */`` when the function remembered at its depth
@@ -114,9 +116,12 @@ def _leaves(kind: np.ndarray, depth: np.ndarray, site: np.ndarray, unbroken: np.
 
 def _match(depth: np.ndarray, site: np.ndarray, role: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each CLOSE that matches the OPEN before it at its depth, and that OPEN, when no other CLOSE
-    came between (a second OPEN replaces the first, a CLOSE consumes it): with the OPEN and CLOSE
-    records sorted by depth, stably, that OPEN is the record just before the CLOSE."""
-    braces = np.flatnonzero((role == Role.OPEN) | (role == Role.CLOSE))
+    or LEAF came between (a second OPEN replaces the first, a CLOSE consumes it, a LEAF clears
+    it): with the OPEN, CLOSE and LEAF records sorted by depth, stably, that OPEN is the record
+    just before the CLOSE."""
+    if not (role == Role.CLOSE).any():
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    braces = np.flatnonzero((role == Role.OPEN) | (role == Role.CLOSE) | (role == Role.LEAF))
     braces = braces[np.argsort(depth[braces], kind="stable")]
     opens, closes = braces[:-1], braces[1:]
     pairs = ((depth[opens] == depth[closes]) & (role[opens] == Role.OPEN) & (role[closes] == Role.CLOSE)

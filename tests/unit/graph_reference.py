@@ -3,7 +3,8 @@
 This is the straightforward implementation (one Python step per record, one f-string
 per line) that ``ktracecli_function_graph.graph`` and ``.output`` replaced with numpy.
 It is kept here, unchanged but for living in one module (with its own copies of
-the record decoding and clock conversion it used), only so that
+the record decoding and clock conversion it used) and for one fix (a leaf forgets
+the entry remembered at its depth, as the kernel does), only so that
 ``test_graph_equivalence.py`` can compare the product's output with it byte for byte;
 the product must not import it.
 """
@@ -91,6 +92,7 @@ def thread_graph(thread: ThreadData, ns: np.ndarray, thresh: bool) -> ThreadGrap
                     and j not in lost_before):
                 role[i] = Role.LEAF
                 duration[i] = times[j] - times[i]
+                entered.pop(depth[i], None)  # fixed: as the kernel's print_graph_entry_leaf
                 i = j + 1
                 continue
             role[i] = Role.OPEN

@@ -71,8 +71,9 @@ def thread(comm: str, tid: int, events: list[tuple[int, int, Kind, int, int]],
 
 
 def trace(threads: list[ThreadData], ncpus: int | None = 2, ns0: int = 0, engine: str | None = "ktrace",
-          sites: tuple[str, ...] = NAMES) -> TraceData:
-    info: dict[str, object] = {"tracer": "function_graph", "clock": {"tsc0": 0, "ns0": ns0, "ns_per_tick": 1.0}}
+          sites: tuple[str, ...] = NAMES, tsc0: int = 0, ns_per_tick: float = 1.0) -> TraceData:
+    info: dict[str, object] = {"tracer": "function_graph",
+                               "clock": {"tsc0": tsc0, "ns0": ns0, "ns_per_tick": ns_per_tick}}
     if engine:
         info["engine"] = engine
     if ncpus is not None:
@@ -118,7 +119,8 @@ def every_duration() -> TraceData:
 
 
 def calls_and_returns() -> TraceData:
-    """Recursion, replaced entries, returns of other functions, NOHOOK and CLOSED records."""
+    """Recursion, replaced entries, returns of other functions, NOHOOK and CLOSED records, leaves
+    clearing an entry."""
     ev = [
         (0, 3, X, 3, 1), (5, 2, C, 2, 1),                           # started mid-call
         (10, 0, E, 0, 1), (20, 1, E, 1, 1), (30, 1, E, 2, 1), (40, 1, E, 3, 1), (45, 1, X, 3, 1),
@@ -131,6 +133,8 @@ def calls_and_returns() -> TraceData:
         (210, 1, E, 1, 1), (220, 1, X, 2, 1), (230, 1, X, 1, 1),   # a return at another depth
         (240, 7, N, 1, 1), (250, 7, X, 1, 1), (260, 7, E, 1, 1), (270, 7, N, 1, 1),
         (280, 0, E, 1023, 1), (290, 0, X, 1023, 1), (300, 0, E, 1023, 1), (310, 0, E, 1022, 1),
+        (312, 4, E, 5, 1), (313, 5, E, 5, 1), (314, 5, X, 5, 1), (315, 4, X, 5, 1),  # a leaf clears the entry
+        (316, 4, E, 5, 1), (317, 5, N, 5, 1), (318, 4, X, 5, 1),   # a call without return hooking does not
         (400, 0, X, 0, 1),
     ]
     return trace([thread("prog", 9, ev)], ncpus=4)
@@ -175,9 +179,17 @@ def odd_info() -> TraceData:
     return trace([a], ncpus=None, engine=None, ns0=987_654_321_987_654_321)
 
 
+def before_calibration() -> TraceData:
+    """Ticks before the calibration's first sample: negative timestamps, with a clock of 0.37 ns a tick."""
+    a = thread("prog", 9, [(0, 0, E, 0, 0), (10, 1, E, 1, 0), (2_700_000_000, 1, X, 1, 0),
+                           (5_400_000_000, 0, X, 0, 0), (5_400_000_001, 2, E, 0, 0), (5_400_000_003, 2, X, 0, 0)])
+    return trace([a], ns0=1_000_000_007, tsc0=5_000_000_000, ns_per_tick=0.37)
+
+
 HAND_WRITTEN = {"every_duration": every_duration, "calls_and_returns": calls_and_returns,
                 "lost_everywhere": lost_everywhere, "task_switches": task_switches,
-                "thresh_pairs": thresh_pairs, "odd_info": odd_info, "empty": lambda: trace([]),
+                "thresh_pairs": thresh_pairs, "odd_info": odd_info, "before_calibration": before_calibration,
+                "empty": lambda: trace([]),
                 "no_records": lambda: trace([thread("prog", 9, [])])}
 
 
@@ -246,6 +258,9 @@ def random_thread(rng: random.Random, comm: str, tid: int, count: int, ncpus: in
                 emit(stack.pop(), C, len(stack))
         elif r < 0.92:                                  # a call without return hooking
             emit(site, N, len(stack))
+        elif r < 0.94 and stack:                        # a leaf beside the innermost frame (its return lost)
+            emit(site, E, len(stack) - 1)
+            emit(site, X, len(stack) - 1)
         else:                                           # anything
             emit(site, rng.choice((E, N, X, C)), rng.choice((0, 1, 2, len(stack), 1023)))
     lost: list[tuple[int, int]] = []
@@ -287,7 +302,8 @@ def random_trace(seed: int, records: int, thresh: bool) -> TraceData:
     for k in range(nthreads):
         comm, tid = COMMS[(seed + k) % len(COMMS)]
         threads.append(make(rng, comm, tid + k, records // nthreads, ncpus, rng.randint(0, 5_000_000)))
-    return trace(threads, ncpus=ncpus, ns0=rng.choice((0, 360_774_522_999, 12_345_678_901_234_567)))
+    return trace(threads, ncpus=ncpus, ns0=rng.choice((0, 360_774_522_999, 12_345_678_901_234_567)),
+                 tsc0=rng.choice((0, 1_000)), ns_per_tick=rng.choice((1.0, 0.3571428571428571, 2.5 / 3)))
 
 
 @pytest.mark.parametrize("seed", range(12))

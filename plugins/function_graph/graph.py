@@ -108,10 +108,9 @@ def _leaves(kind: np.ndarray, depth: np.ndarray, site: np.ndarray, unbroken: np.
     leaf &= depth[:-1] == depth[1:]
     leaf &= site[:-1] == site[1:]
     leaf &= unbroken[1:]
-    flag = leaf.view(np.int8)
+    flag = leaf.view(np.int8)  # 0 or 1
     role[:-1] -= flag          # OPEN - 1 = LEAF
-    flag <<= 2
-    role[1:] -= flag           # CLOSE - 4 = SKIP
+    role[1:] -= 4 * flag       # CLOSE - 4 = SKIP
 
 
 def _match(depth: np.ndarray, site: np.ndarray, role: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

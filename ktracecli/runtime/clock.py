@@ -14,8 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ktracecli.arch.x86_64.assembler import assemble
-
 _page: mmap.mmap | None = None
 _rdtsc = None
 
@@ -24,6 +22,9 @@ def rdtsc() -> int:
     """The current time stamp counter."""
     global _page, _rdtsc
     if _rdtsc is None:
+        # imported here: ``show`` converts timestamps without loading the assembler (keystone)
+        from ktracecli.arch.x86_64.assembler import assemble
+
         code = assemble("rdtsc; shl rdx, 32; or rax, rdx; ret", 0)
         _page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
         _page.write(code)
@@ -69,7 +70,18 @@ class Calibration:
         return cls(a.tsc, a.ns, (b.ns - a.ns) / (b.tsc - a.tsc))
 
 
+#: readings converted at a time (small temporaries)
+BLOCK = 1 << 16
+
+
 def timestamps_ns(calibration: dict[str, Any], tsc: np.ndarray) -> np.ndarray:
-    """CLOCK_MONOTONIC nanoseconds of TSC readings, from a trace's ``info.json`` calibration."""
-    delta = tsc.astype(np.int64) - np.int64(calibration["tsc0"])
-    return np.int64(calibration["ns0"]) + np.round(delta * float(calibration["ns_per_tick"])).astype(np.int64)
+    """CLOCK_MONOTONIC nanoseconds of TSC readings, from a trace's ``info.json`` calibration:
+    ns0 + round((tsc - tsc0) * ns_per_tick), a block at a time (no whole-trace temporaries)."""
+    tsc0, ns0, scale = np.int64(calibration["tsc0"]), np.int64(calibration["ns0"]), float(calibration["ns_per_tick"])
+    out = np.empty(len(tsc), dtype=np.int64)
+    for start in range(0, len(tsc), BLOCK):
+        ticks = tsc[start:start + BLOCK].astype(np.int64)
+        ticks -= tsc0
+        out[start:start + len(ticks)] = np.round(ticks * scale)
+        out[start:start + len(ticks)] += ns0
+    return out

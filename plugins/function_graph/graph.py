@@ -4,7 +4,9 @@ The kernel's rules, applied to a thread's ring (our "CPU buffer"):
 
 - an ENTRY directly followed by its own return (same depth and function, no
   events lost between them) is a leaf, ``func();``, and the return is not
-  printed on its own;
+  printed on its own; it forgets the function remembered at its depth (as the
+  kernel's print_graph_entry_leaf does: a call at that depth means the frame
+  that was there has returned, its return lost);
 - any other ENTRY opens ``func() {`` and remembers the function at its depth;
 - a return (EXIT, or CLOSED for a frame left by longjmp or an exception)
   prints ``}``, or ``} /* func */`` when the function remembered at its depth
@@ -39,61 +41,90 @@ class Role(enum.IntEnum):
 
 @dataclass
 class ThreadGraph:
-    """One thread's records, decoded, with the role, duration and match of each."""
+    """One thread's records, decoded, with the role of each and the entry of each timed return.
+
+    Durations are not stored: a LEAF's is the time to the next record, a timed CLOSE's
+    the time since its entry (``opens``); :class:`ktracecli_function_graph.columns.Records`
+    computes them for the lines being printed.
+    """
 
     thread: ThreadData
-    ns: np.ndarray          #: CLOCK_MONOTONIC ns of each record
-    site: list[int]
-    depth: list[int]
-    cpu: list[int]
-    role: list[Role]
-    duration: list[int]     #: ns, -1 when unknown
-    matched: list[bool]     #: a CLOSE whose entry is in the trace
+    tsc: np.ndarray         #: time stamp counter of each record
+    site: np.ndarray
+    depth: np.ndarray
+    cpu: np.ndarray
+    role: np.ndarray        #: a :class:`Role` per record (int8)
+    matched: np.ndarray     #: a CLOSE whose entry is in the trace
+    closes: np.ndarray      #: the CLOSE records with a duration, in order
+    opens: np.ndarray       #: the record whose time each of ``closes`` is measured from
     lost_before: dict[int, int]  #: record index -> events lost just before it
 
     def __len__(self) -> int:
         return len(self.site)
 
 
-def thread_graph(thread: ThreadData, ns: np.ndarray, thresh: bool) -> ThreadGraph:
-    """The roles of ``thread``'s records (``ns``: their timestamps; ``thresh``: a tracing_thresh trace)."""
+#: the role of each kind of record, before leaves are found
+ROLE_OF_KIND = np.array([Role.OPEN, Role.NOHOOK, Role.CLOSE, Role.CLOSE], dtype=np.int8)
+#: under tracing_thresh, only the returns are printed
+THRESH_ROLE_OF_KIND = np.array([Role.SKIP, Role.SKIP, Role.CLOSE, Role.CLOSE], dtype=np.int8)
+assert Role.OPEN - 1 == Role.LEAF and Role.CLOSE - 4 == Role.SKIP  # what _leaves subtracts
+
+
+def thread_graph(thread: ThreadData, thresh: bool) -> ThreadGraph:
+    """The roles of ``thread``'s records (``thresh``: a tracing_thresh trace).
+
+    Whole-thread arrays are few and narrow, and temporaries are avoided: a trace has
+    millions of records, and fresh memory costs more than the arithmetic.
+    """
     records = thread.records.view(RECORD_DTYPE)
-    depth_a, kind_a, cpu_a = decode(records)
-    site, depth, kind = records["site"].tolist(), depth_a.tolist(), kind_a.tolist()
-    times = ns.tolist()
+    depth, kind, cpu = decode(records)
+    site = records["site"]
+    n = len(site)
     lost_before: dict[int, int] = {}
     for at, count in thread.lost:
         lost_before[at] = lost_before.get(at, 0) + count
-    n = len(site)
-    role = [Role.SKIP] * n
-    duration = [-1] * n
-    matched = [False] * n
-    entered: dict[int, tuple[int, int]] = {}  # depth -> (site, entry ns)
-    i = 0
-    while i < n:
-        k = kind[i]
-        if thresh:
-            if k >= Kind.EXIT:
-                role[i] = Role.CLOSE
-                if i and kind[i - 1] == Kind.ENTRY and i not in lost_before:
-                    duration[i] = times[i] - times[i - 1]
-        elif k == Kind.ENTRY:
-            j = i + 1
-            if (j < n and kind[j] >= Kind.EXIT and depth[j] == depth[i] and site[j] == site[i]
-                    and j not in lost_before):
-                role[i] = Role.LEAF
-                duration[i] = times[j] - times[i]
-                i = j + 1
-                continue
-            role[i] = Role.OPEN
-            entered[depth[i]] = (site[i], times[i])
-        elif k == Kind.NOHOOK:
-            role[i] = Role.NOHOOK
-        else:
-            role[i] = Role.CLOSE
-            opened = entered.pop(depth[i], None)
-            if opened is not None and opened[0] == site[i]:
-                matched[i] = True
-                duration[i] = times[i] - opened[1]
-        i += 1
-    return ThreadGraph(thread, ns, site, depth, cpu_a.tolist(), role, duration, matched, lost_before)
+    # a loss noticed before record i breaks the pair (i - 1, i), whatever its count
+    unbroken = np.ones(n, dtype=bool)
+    unbroken[[at for at in lost_before if 0 <= at < n]] = False
+    role = (THRESH_ROLE_OF_KIND if thresh else ROLE_OF_KIND)[kind]
+    matched = np.zeros(n, dtype=bool)
+    if thresh:
+        # an ENTRY and the return after it are one long call: the return is timed from the entry
+        closes = np.flatnonzero((kind[:-1] == Kind.ENTRY) & (kind[1:] >= Kind.EXIT) & unbroken[1:]) + 1
+        opens = closes - 1
+    else:
+        _leaves(kind, depth, site, unbroken, role)
+        closes, opens = _match(depth, site, role)
+        matched[closes] = True
+    return ThreadGraph(thread, records["tsc"], site, depth, cpu, role, matched, closes, opens, lost_before)
+
+
+def _leaves(kind: np.ndarray, depth: np.ndarray, site: np.ndarray, unbroken: np.ndarray,
+            role: np.ndarray) -> None:
+    """Make each ENTRY directly followed by its own return (same depth and site, no loss between) a
+    LEAF, and the return a SKIP."""
+    leaf = kind[:-1] == Kind.ENTRY
+    leaf &= kind[1:] >= Kind.EXIT
+    leaf &= depth[:-1] == depth[1:]
+    leaf &= site[:-1] == site[1:]
+    leaf &= unbroken[1:]
+    flag = leaf.view(np.int8)  # 0 or 1
+    role[:-1] -= flag          # OPEN - 1 = LEAF
+    role[1:] -= 4 * flag       # CLOSE - 4 = SKIP
+
+
+def _match(depth: np.ndarray, site: np.ndarray, role: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each CLOSE that matches the OPEN before it at its depth, and that OPEN, when no other CLOSE
+    or LEAF came between (a second OPEN replaces the first, a CLOSE consumes it, a LEAF clears
+    it): with the OPEN, CLOSE and LEAF records sorted by depth, stably, that OPEN is the record
+    just before the CLOSE."""
+    if not (role == Role.CLOSE).any():
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    braces = np.flatnonzero((role == Role.OPEN) | (role == Role.CLOSE) | (role == Role.LEAF))
+    braces = braces[np.argsort(depth[braces], kind="stable")]
+    opens, closes = braces[:-1], braces[1:]
+    pairs = ((depth[opens] == depth[closes]) & (role[opens] == Role.OPEN) & (role[closes] == Role.CLOSE)
+             & (site[opens] == site[closes]))
+    opens, closes = opens[pairs], closes[pairs]
+    order = np.argsort(closes)
+    return closes[order], opens[order]

@@ -52,7 +52,19 @@ def info_word(depth: int, kind: Kind, cpu: int = 0) -> int:
     return depth | int(kind) << KIND_SHIFT | (cpu & CPU_MASK) << CPU_SHIFT
 
 
+#: records decoded at a time (small temporaries)
+DECODE_BLOCK = 1 << 16
+
+
 def decode(records: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(depth, kind, cpu) arrays of ``records``."""
-    info = records["info"].astype(np.int64)
-    return info & MAX_DEPTH, (info >> KIND_SHIFT) & 3, (info >> CPU_SHIFT) & CPU_MASK
+    """(depth, kind, cpu) arrays of ``records`` (int16, int8, int16: they fit)."""
+    info = records["info"]
+    n = len(info)
+    depth, kind, cpu = np.empty(n, np.int16), np.empty(n, np.int8), np.empty(n, np.int16)
+    for start in range(0, n, DECODE_BLOCK):
+        block = info[start:start + DECODE_BLOCK]
+        end = start + len(block)
+        depth[start:end] = block & MAX_DEPTH
+        kind[start:end] = (block >> KIND_SHIFT) & 3
+        cpu[start:end] = (block >> CPU_SHIFT) & CPU_MASK
+    return depth, kind, cpu

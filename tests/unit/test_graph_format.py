@@ -247,6 +247,17 @@ def test_frames_closed_by_longjmp_or_an_exception_print_as_returns() -> None:
                               " 0)   0.050 us    |  }"]
 
 
+def test_a_leaf_forgets_the_entry_remembered_at_its_depth() -> None:
+    """As the kernel's print_graph_entry_leaf does: a call at a depth means the frame that was
+    there has returned, so a later return at that depth has lost its entry (here with the
+    second call of f) and is named, without a duration measured from the first call."""
+    sites: list[str] = []
+    data = trace([thread("prog", 9, [(0, "f", E, 0), (10, "g", E, 0), (20, "g", X, 0), (30, "f", X, 0)],
+                         sites, lost=[(1, 1), (3, 2)])], sites)
+    assert show(data)[5:] == [" 0)               |  f() {", "CPU:0 [LOST 1 EVENTS]", " 0)   0.010 us    |  g();",
+                              "CPU:0 [LOST 2 EVENTS]", " 0)               |  } /* f */"]
+
+
 def test_calls_without_return_hooking_have_no_duration() -> None:
     sites: list[str] = []
     data = trace([thread("prog", 9, [(0, "f", E, 0), (10, "g", N, 1), (20, "g", N, 1), (50, "f", X, 0)],

@@ -329,6 +329,7 @@ def record(
         config_path=path,
         max_graph_depth=settings.max_graph_depth,
         tracing_thresh=settings.tracing_thresh,
+        options=settings.options,
         live=live,
     )
     result = session.record(record_settings, build_registry())
@@ -365,6 +366,7 @@ def attach(
         live=live,
         max_graph_depth=settings.max_graph_depth,
         tracing_thresh=settings.tracing_thresh,
+        options=settings.options,
     )
     result = session.attach(attach_settings, build_registry())
     _summary(result)

@@ -173,6 +173,10 @@ class LiveContext(Protocol):
 
     #: CPUs online
     ncpus: int
+    #: the trace options in force (the config file's, as ``show`` uses them)
+    options: TraceOptions
+    #: the session's tracing_thresh in microseconds (0 = off)
+    tracing_thresh: int
 
     def site_name(self, index: int) -> str:
         """The function name of a site index (every index a record carries is known)."""

@@ -30,6 +30,7 @@ from ktracecli.datadir import DataWriter
 from ktracecli.elf.image import ElfImage
 from ktracecli.errors import ProcessError, UsageError
 from ktracecli.interface import Engine, Tracer
+from ktracecli.options import TraceOptions
 from ktracecli.process import ptrace
 from ktracecli.process.tracee import AT_ENTRY, Tracee, process_exe, resolve_program, seize, spawn
 from ktracecli.process.world import HELD, StopKind, StopTimeout, Thread, World
@@ -64,6 +65,8 @@ class RecordSettings:
     #: the kernel's function_graph knobs (0 = unlimited / off); tracing_thresh in microseconds
     max_graph_depth: int = 0
     tracing_thresh: int = 0
+    #: the trace options --live prints with
+    options: TraceOptions = TraceOptions()
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class AttachSettings:
     live: bool = False
     max_graph_depth: int = 0
     tracing_thresh: int = 0
+    options: TraceOptions = TraceOptions()
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,8 @@ class Session:
         thresh = settings.tracing_thresh
         graph_limits = (settings.max_graph_depth, max(1, round(thresh * 1000 / early.ns_per_tick)) if thresh else 0)
         sites, spaces = SiteTable(), Spaces()
-        self.sink = StreamSink(tracer, SessionView(sites, spaces, self.start)) if settings.live else None
+        view = SessionView(sites, spaces, self.start, settings.options, settings.tracing_thresh)
+        self.sink = StreamSink(tracer, view) if settings.live else None
         self.writer = DataWriter(settings.output)
         self.consumer = Consumer(self.writer)
         self.consumer.sink = self.sink

@@ -19,6 +19,7 @@ import numpy as np
 
 from ktracecli.errors import UsageError
 from ktracecli.interface import LiveBatch, LiveWriter, Tracer
+from ktracecli.options import TraceOptions
 from ktracecli.runtime import clock
 from ktracecli.selection import SiteTable
 from ktracecli.symbols import Symbolizer
@@ -28,10 +29,13 @@ from ktracecli.traced import Spaces
 class SessionView:
     """A :class:`~ktracecli.interface.LiveContext` over a running session."""
 
-    def __init__(self, sites: SiteTable, spaces: Spaces, start: clock.ClockSample) -> None:
+    def __init__(self, sites: SiteTable, spaces: Spaces, start: clock.ClockSample,
+                 options: TraceOptions = TraceOptions(), tracing_thresh: int = 0) -> None:
         self.sites = sites
         self.spaces = spaces
         self.start = start
+        self.options = options
+        self.tracing_thresh = tracing_thresh
         self.ncpus = os.sysconf("SC_NPROCESSORS_ONLN")
         self._symbolizers: dict[int, tuple[int, Symbolizer]] = {}
         self._lock = threading.Lock()

@@ -45,6 +45,9 @@ from ktracecli.watch import ConfigWatcher
 
 #: the loop's longest sleep: the config file is looked at this often
 TICK = 0.05
+#: after an event, poll for the next one this long before sleeping (a tracee handling a timer
+#: signal every 50 us must get back to work faster than a sleep and a wake-up take)
+SPIN = 0.002
 #: how often processes without a loader hook have their memory map read again
 RESCAN_EVERY = 0.5
 #: a sync left undone (a thread stayed inside a window) is tried again after this long, then
@@ -103,15 +106,25 @@ class Supervisor:
             try:
                 self.holding = False
                 self._dispatch_held()
+                tick_at = busy_until = 0.0
                 while self.procs:
                     if wake.stop_requested:
                         self.detach_all()
                         return Outcome(self.leader_status, wake.stop_requested)
-                    self.world.reap_all()
+                    reaped = self.world.reap_all()
                     if not self.procs:
                         break
-                    self._tick()
-                    wake.wait(TICK)
+                    now = time.monotonic()
+                    if now >= tick_at or wake.poked:
+                        self._tick()
+                        tick_at = now + TICK
+                    if reaped:
+                        # events come in bursts (a signal storm stops a thread for each signal): look for
+                        # the next one at once, without the SIGCHLD round trip of a sleep, for a while
+                        busy_until = now + SPIN
+                    if now < busy_until:
+                        continue
+                    wake.wait(max(0.0, tick_at - time.monotonic()))
             finally:
                 self.shared.consumer.on_map_change = None
                 self.world.sleep = time.sleep

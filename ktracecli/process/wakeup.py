@@ -66,18 +66,33 @@ class Wakeup:
             if self._closed:
                 return
             try:
-                os.write(self._write, b"\0")
+                os.write(self._write, POKE)
             except OSError:
                 pass  # the pipe is full: a wake-up is pending already
 
     def wait(self, timeout: float) -> None:
         """Sleep until poked, a signal arrives or ``timeout`` seconds pass; then empty the pipe."""
         select.select([self._read], [], [], timeout)
+        self._drain()
+
+    @property
+    def poked(self) -> bool:
+        """True (once) when :meth:`poke` was called since the last look, without sleeping."""
+        return self._drain()
+
+    def _drain(self) -> bool:
+        """Empty the pipe; True if it held a poke (signals write their number, a poke POKE)."""
+        poked = False
         try:
-            while os.read(self._read, 4096):
-                pass
+            while chunk := os.read(self._read, 4096):
+                poked = poked or POKE in chunk
         except BlockingIOError:
             pass
+        return poked
+
+
+#: the byte :meth:`Wakeup.poke` writes (signals write their number, at most 64)
+POKE = b"\xff"
 
 
 def _nothing(signum: int, frame: FrameType | None) -> None:

@@ -164,10 +164,12 @@ class World:
         self._got(tid, status)
         return True
 
-    def reap_all(self) -> None:
-        """Reap and note every event that is waiting."""
+    def reap_all(self) -> int:
+        """Reap and note every event that is waiting; returns how many."""
+        count = 0
         while self.reap():
-            pass
+            count += 1
+        return count
 
     def wait_for(self, tid: int, timeout: float | None = None) -> bool:
         """Wait until ``tid`` reports (noting what it reports); False on timeout."""

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ktracecli.datadir import TraceData
+    from ktracecli.interface import LiveContext, LiveWriter
     from ktracecli.registry import Registry
     from ktracecli.runtime.layout import RuntimeLayout
 
@@ -88,6 +89,12 @@ class FunctionGraphTracer:
         from ktracecli_function_graph.output import write_trace
 
         write_trace(data, out, settings)
+
+    def live_writer(self, context: "LiveContext", out: TextIO) -> "LiveWriter":
+        """Stream records as function_graph lines, without the header (trace_pipe)."""
+        from ktracecli_function_graph.live import GraphLiveWriter
+
+        return GraphLiveWriter(context, out)
 
 
 @hookimpl

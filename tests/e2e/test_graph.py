@@ -328,7 +328,7 @@ def test_signal_storm(builder: Builder, ktrace: Ktrace, tmp_path: Path, engine: 
     interrupt does in the kernel's trace; so the counts are checked, not the nesting.
     """
     exe = builder.build("graph_signal", variant)
-    run = graph_record(ktrace, tmp_path, engine, [exe, "100000"], SIGNAL_FUNCS)
+    run = graph_record(ktrace, tmp_path, engine, [exe, "300000"], SIGNAL_FUNCS)
     (ticks,) = (int(n) for n in run.facts["ticks"])
     assert ticks >= 10
     assert_counts(run, ["work", "tick", "sig_leaf", "outer", "raiser"], counts={**run.counts, "tick": ticks})
@@ -459,3 +459,41 @@ def test_a_reused_slot_starts_with_an_empty_shadow_stack(builder: Builder, ktrac
     assert max(pointers.values()) > 1, f"no thread pointer was reused: the test could not fail ({pointers})"
     for _t, tid, _s, _pointer in exiters:
         assert run.show.tree(int(tid)) == tree("t_exiter() {\n  t_exit_inner() {")
+
+
+GRAPH_LINE_RE = re.compile(r"^ (?P<cpu> *\d+)\) (?P<duration>.{14})\|  (?P<indent>(?:  )*)(?P<body>\S.*)$")
+
+
+def _graph_lines(text: str) -> list[tuple[str, str, bool]]:
+    """(indent, body, has a duration) of each function_graph line of ``text``; other lines are left out."""
+    out = []
+    for line in text.splitlines():
+        m = GRAPH_LINE_RE.match(line)
+        if m:
+            out.append((m.group("indent"), m.group("body"), bool(m.group("duration").strip())))
+    return out
+
+
+@pytest.mark.parametrize(("engine", "variant"), [BUILDS[0], BUILDS[2]], ids=[BUILD_IDS[0], BUILD_IDS[2]])
+def test_live_streams_the_same_graph_as_show(builder: Builder, ktrace: Ktrace, tmp_path: Path,
+                                              engine: str, variant: Variant) -> None:
+    """``record --live``: the tree streamed while the program runs is the tree ``show`` prints, though a
+    call's entry and return come in different rounds (``slow`` sleeps 30 ms inside main)."""
+    exe = builder.build("graph_basic", variant)
+    ktrace.ok("engine", engine)
+    ktrace.ok("tracer", "function_graph")
+    ktrace.ok("ktrace", "clear")
+    ktrace.ok("ktrace", "add", *BASIC)
+    data = tmp_path / "live.data"
+    argv = [str(exe), "3", "2", "30000"]
+    untraced = subprocess.run(argv, capture_output=True, timeout=300)
+    proc = subprocess.run(ktrace.argv("record", "--live", "-o", data, "--", *argv), capture_output=True,
+                          cwd=ktrace.cwd, env=ktrace.env, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    streamed = _graph_lines(out)
+    program = [line for line in out.splitlines() if not GRAPH_LINE_RE.match(line)]
+    assert "\n".join(program) + "\n" == untraced.stdout.decode(), "the program's own lines came through"
+    shown = _graph_lines(ktrace.ok("show", data).stdout)
+    assert len(shown) > 20 and ("  ", "slow();", True) in shown, shown
+    assert streamed == shown

@@ -5,7 +5,7 @@
  *   main ─► outer ─► raiser ─► raise(SIGUSR2) ⇒ on_usr2 ─► sig_leaf     (handler on a sigaltstack
  *                           └► sig_leaf                                  inside main's own frame,
  *                                                                         above the live frames)
- *   with STORM calls: a 50 us interval timer whose SIGALRM handler calls tick() while the
+ *   with STORM calls: a 200 us interval timer whose SIGALRM handler calls tick() while the
  *   main thread calls work() ─► sig_leaf in a loop, so that signals land inside the
  *   tracer's handler and return trampoline too.
  *
@@ -102,8 +102,11 @@ int main(int argc, char **argv)
     result += outer(SIGUSR2);
     BARRIER();
     if (storm) {
+        /* every 200 us of wall time: each signal stops the program under ptrace for some tens of
+         * microseconds (ktracecli follows its signals), so a faster timer would leave it no time
+         * to progress (CPU-time timers fire only at scheduler ticks, milliseconds apart) */
         handle(SIGALRM, tick, SA_RESTART);
-        struct itimerval every = {{0, 50}, {0, 50}}, off = {{0, 0}, {0, 0}};
+        struct itimerval every = {{0, 200}, {0, 200}}, off = {{0, 0}, {0, 0}};
         setitimer(ITIMER_REAL, &every, NULL);
         for (long i = 0; i < storm; i++) {
             result += work(i) & 1;

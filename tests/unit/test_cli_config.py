@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from ktracecli.options import TraceOptions
+
 import ktracecli
 from ktracecli import cli, config, nop
 from ktracecli.hookspecs import hookimpl
@@ -310,6 +312,7 @@ class FakeRecordSettings:
     config_path: Path
     max_graph_depth: int = 0
     tracing_thresh: int = 0
+    options: TraceOptions = TraceOptions()
     live: bool = False
 
 
@@ -389,6 +392,7 @@ class FakeAttachSettings:
     live: bool = False
     max_graph_depth: int = 0
     tracing_thresh: int = 0
+    options: TraceOptions = TraceOptions()
 
 
 @pytest.fixture

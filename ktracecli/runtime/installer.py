@@ -246,7 +246,8 @@ class Installer:
         applied = self.apply(patches)
         self.installed.hooks += applied
         if len(applied) != len(patches):
-            missing = sorted({s.symbol for s, p in zip(sites, patches) if p not in applied})
+            done = set(applied)
+            missing = sorted({s.symbol for s, p in zip(sites, patches) if p not in done})
             raise PatchError(f"{module.name}: a thread sits inside {', '.join(missing)}; the "
                              f"{self.tracer.name} tracer cannot run without hooking it")
         return len(patches)
@@ -316,9 +317,10 @@ class Installer:
         self.tracee.write(start, bytes(code))
         region.used += len(code)
         applied = self.apply([p for _, p in patches])
+        done = set(applied)
         for index, patch in patches:
             self.installed.built[index] = patch
-            if patch in applied:
+            if patch in done:
                 self.installed.patches[index] = patch
         return applied
 

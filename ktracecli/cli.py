@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -319,19 +319,7 @@ def record(
 
     path = _config_path(ctx)
     settings = config.load(path)
-    record_settings = session.RecordSettings(
-        argv=list(argv),
-        output=output,
-        engine=settings.engine,
-        tracer=settings.tracer,
-        filters=settings.filters,
-        buffer_size_kb=settings.buffer_size_kb,
-        config_path=path,
-        max_graph_depth=settings.max_graph_depth,
-        tracing_thresh=settings.tracing_thresh,
-        options=settings.options,
-        live=live,
-    )
+    record_settings = session.RecordSettings(argv=list(argv), **_session_settings(settings, path, output, live))
     result = session.record(record_settings, build_registry())
     _summary(result)
     raise typer.Exit(result.exit_status)
@@ -355,21 +343,17 @@ def attach(
 
     path = _config_path(ctx)
     settings = config.load(path)
-    attach_settings = session.AttachSettings(
-        pid=pid,
-        output=output,
-        engine=settings.engine,
-        tracer=settings.tracer,
-        filters=settings.filters,
-        buffer_size_kb=settings.buffer_size_kb,
-        config_path=path,
-        live=live,
-        max_graph_depth=settings.max_graph_depth,
-        tracing_thresh=settings.tracing_thresh,
-        options=settings.options,
-    )
+    attach_settings = session.AttachSettings(pid=pid, **_session_settings(settings, path, output, live))
     result = session.attach(attach_settings, build_registry())
     _summary(result)
+
+
+def _session_settings(settings: config.Config, path: Path, output: Path, live: bool) -> dict[str, Any]:
+    """What record and attach take from the config file and their common options."""
+    return {"output": output, "engine": settings.engine, "tracer": settings.tracer, "filters": settings.filters,
+            "buffer_size_kb": settings.buffer_size_kb, "config_path": path, "live": live,
+            "max_graph_depth": settings.max_graph_depth, "tracing_thresh": settings.tracing_thresh,
+            "options": settings.options}
 
 
 def _summary(result: "RecordResult") -> None:

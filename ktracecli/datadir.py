@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ktracecli.errors import DataError, UsageError
+from ktracecli.process.pids import alive
 from ktracecli.spool import Spool
 
 FORMAT_VERSION = 1
@@ -75,16 +76,6 @@ class _ThreadFile:
         self.handle.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_stale_partials(target: Path) -> None:
     """Remove temporaries of ``target`` whose ktracecli is gone (killed before it could finish)."""
     prefix = f".{target.name}.partial-"
@@ -94,7 +85,7 @@ def _remove_stale_partials(target: Path) -> None:
         return
     for entry in entries:
         if entry.name.startswith(prefix) and entry.name[len(prefix):].isdigit():
-            if not _alive(int(entry.name[len(prefix):])):
+            if not alive(int(entry.name[len(prefix):])):
                 shutil.rmtree(entry, ignore_errors=True)
 
 

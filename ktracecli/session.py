@@ -31,7 +31,7 @@ from ktracecli.elf.image import ElfImage
 from ktracecli.errors import ProcessError, UsageError
 from ktracecli.interface import Engine, Tracer
 from ktracecli.options import TraceOptions
-from ktracecli.process import ptrace
+from ktracecli.process.pids import kill_quietly
 from ktracecli.process.tracee import AT_ENTRY, Tracee, process_exe, resolve_program, seize, spawn
 from ktracecli.process.world import HELD, StopKind, StopTimeout, Thread, World
 from ktracecli.registry import Registry
@@ -50,11 +50,10 @@ from ktracecli.watch import ConfigWatcher
 STATUS_EVERY = 0.5
 
 
-@dataclass(frozen=True)
-class RecordSettings:
-    """Everything ``record`` needs, already validated by the CLI."""
+@dataclass(frozen=True, kw_only=True)
+class SessionSettings:
+    """What every session needs, already validated by the CLI (from the config file and the options)."""
 
-    argv: list[str]
     output: Path
     engine: str
     tracer: str
@@ -69,21 +68,18 @@ class RecordSettings:
     options: TraceOptions = TraceOptions()
 
 
-@dataclass(frozen=True)
-class AttachSettings:
-    """Everything ``attach`` needs, already validated by the CLI."""
+@dataclass(frozen=True, kw_only=True)
+class RecordSettings(SessionSettings):
+    """``record``: the program to start, with its arguments."""
+
+    argv: list[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttachSettings(SessionSettings):
+    """``attach``: the running process to trace."""
 
     pid: int
-    output: Path
-    engine: str
-    tracer: str
-    filters: tuple[str, ...] = ()
-    buffer_size_kb: int = 16384
-    config_path: Path | None = None
-    live: bool = False
-    max_graph_depth: int = 0
-    tracing_thresh: int = 0
-    options: TraceOptions = TraceOptions()
 
 
 @dataclass(frozen=True)
@@ -110,19 +106,11 @@ def _exit_code(status: int) -> int:
     return 1
 
 
-def _kill_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, ptrace.WALL)
-    except (ProcessLookupError, ChildProcessError):
-        pass
-
-
 class Session:
     """What a record and an attach session share: the trace being written, the rules, the processes."""
 
     def __init__(self, kind: str, engine: Engine, tracer: Tracer, rules: list[filters.FilterRule],
-                 settings: "RecordSettings | AttachSettings") -> None:
+                 settings: SessionSettings) -> None:
         assert tracer.record_dtype is not None
         self.kind = kind
         self.settings = settings
@@ -263,7 +251,7 @@ def record(settings: RecordSettings, registry: Registry) -> RecordResult:
             proc.setup(thread, strict=True)
         except BaseException:
             tracee.close()
-            _kill_quietly(pid)
+            kill_quietly(pid)
             raise
         session.setup_s = time.perf_counter() - session.setup_started
         session.consumer.start()

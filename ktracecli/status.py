@@ -15,6 +15,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ktracecli.process.pids import alive
+
 
 @dataclass(frozen=True)
 class SessionStatus:
@@ -86,16 +88,6 @@ def withdraw(ktracecli_pid: int) -> None:
         pass
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running() -> list[SessionStatus]:
     """Every live session, oldest ktracecli pid first; stale files are removed."""
     sessions = []
@@ -108,7 +100,7 @@ def running() -> list[SessionStatus]:
                 status = SessionStatus(**json.load(f))
         except (OSError, ValueError, TypeError):
             continue
-        if _alive(status.ktracecli_pid):
+        if alive(status.ktracecli_pid):
             sessions.append(status)
         else:
             withdraw(status.ktracecli_pid)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ktracecli.errors import ProcessError, ProgramError
 from ktracecli.process import ptrace
+from ktracecli.process.pids import kill_quietly
 from ktracecli.process.maps import Mapping, read_maps
 
 OPTIONS = (
@@ -185,23 +186,17 @@ def spawn(path: str, argv: list[str]) -> Tracee:
             else:
                 ptrace.cont(pid, sig)
     except ptrace.PtraceError as exc:
-        _kill_quietly(pid)
+        kill_quietly(pid)
         if exc.errno == errno.EPERM:
             raise ProcessError(f"not allowed to trace {path}: {os.strerror(exc.errno)}") from None
         raise
     except BaseException:
-        _kill_quietly(pid)
+        kill_quietly(pid)
         raise
     finally:
         os.close(read_end)
 
 
-def _kill_quietly(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, ptrace.WALL)
-    except (ProcessLookupError, ChildProcessError):
-        pass
 
 
 def _thread_state(pid: int, tid: int) -> str:

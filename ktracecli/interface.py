@@ -5,26 +5,37 @@ reaches the handler; a tracer decides what the handler records and how it is
 shown.  Neither knows which one of the other kind it is paired with.
 
 Handler ABI (x86_64), the one contract between generated engine code and
-generated tracer code, identical for every engine::
+generated tracer code, identical for every engine.  The engine stub starts
+with the head :mod:`ktracecli.arch.x86_64.handler_call` builds::
 
     engine stub, at the traced function's entry (or wherever the engine's site is):
         push  r11                          ; r11 may be live: gcc's -fipa-ra keeps values
                                            ; in call-clobbered registers across calls to
                                            ; local functions that leave them alone
-        lea   r11, <the traced function's return-address slot>
+        lea   r11, <the traced function's return-address slot, + 1 when the slot
+                    is [rsp] at the stub's continuation>
         push  <site index>                 ; imm32, zero-extended by the handler
         call  <handler>                    ; rel32: the handler copy near this module
-        pop   r11
-        ...                                ; the engine's own continuation
+    R:  jmp   r11                          ; where the handler said
+    R+3:  pop r11; call R+18               ; BY_CALL: the continuation, called: the
+    R+10: jmp [handler-8]                  ; traced function returns here
+    R+16: pop r11                          ; ON
+    R+18: ...                              ; the engine's own continuation
 
     on entry to the handler:
-        [rsp]     return address into the engine stub
+        [rsp]     R, the return address into the engine stub
         [rsp+8]   site index (only the low 32 bits are meaningful)
+        [rsp+16]  the stub's saved r11
         r11       address of the slot that holds the traced function's return
                   address (the tracer reads the caller there; function_graph may
-                  rewrite it to hook the return)
-    the handler returns with ``ret 8`` and preserves every register but r11
-    (which the stub restores) and the status flags too (-fipa-ra could in
+                  rewrite it to hook the return), plus 1 when the stub can hook
+                  the return by a call
+    the handler returns with ``ret 8`` and r11 = R+16 (go on), or, only when
+    bit 0 of r11 was set, with the stub's saved r11 copied into the slot,
+    ``ret 16`` and r11 = R+3: the stub then calls its continuation, whose
+    return comes back to R+10 and jumps to the address in the quadword just
+    before the handler's entry (the tracer's return routine).  It preserves
+    every other register and the status flags too (-fipa-ra could in
     principle keep them live); DF stays clear; no vector register is touched.
 
 Sites are numbered from 0 across all modules and processes of one session, in
@@ -40,7 +51,7 @@ the consumer thread hands each round's records to the tracer's
 header, with ``CPU:N [LOST M EVENTS]`` lines where a ring overflowed.
 
 A tracer may also need code of its own in each process, placed once and
-reached from every handler (function_graph's return trampoline), private
+reached from every handler (function_graph's return routines), private
 memory of its own (its shadow stacks, which ``fork`` copies), and hooks on a
 few library functions that it must see whichever engine delivers calls (the
 C++ unwinder).  These are the optional :class:`Tracer` methods
@@ -228,7 +239,11 @@ class Tracer(Protocol):
         ...
 
     def handler_source(self, layout: "RuntimeLayout") -> str:
-        """Assembly (keystone syntax) of the handler, following the handler ABI."""
+        """Assembly (keystone syntax) of the handler, following the handler ABI.
+
+        It starts with one quadword: where returns hooked by a call go (0 for
+        a tracer that never hooks them); the handler's entry follows it.
+        """
         ...
 
     def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:

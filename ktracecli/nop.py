@@ -33,10 +33,12 @@ class NopTracer:
         """A handler that returns at once, should a session install one anyway.
 
         A session need not install any handler for a tracer without a record
-        dtype; this one is still correct under the handler ABI: it touches no
-        register and drops the site index with ``ret 8``.
+        dtype; this one is still correct under the handler ABI: it touches
+        nothing but r11 (the stub's plain continuation) and drops the site
+        index with ``ret 8``.
         """
-        return "ret 8\n"
+        from ktracecli.arch.x86_64.handler_call import ON
+        return f".quad 0\nmov r11, qword ptr [rsp]\nlea r11, [r11+{ON}]\nret 8\n"
 
     def show(self, data: "TraceData", out: TextIO, settings: ShowSettings = ShowSettings()) -> None:
         """Print what the kernel's ``trace`` file shows under nop: the header and nothing else."""

@@ -5,8 +5,9 @@ For each module with traced functions::
     module text  ...  jmp stub_k ...             (5-byte patch at each site)
         |  within +-2 GiB
         v
-    region:  +0      handler (this tracer's, this process's slot table address baked in)
-             +H      stub_0  stub_1 ... stub_n   (each engine's stub calls +0)
+    region:  +0      where returns hooked by a call go (a quadword, the handler's first)
+             +8      handler (this tracer's, this process's slot table address baked in)
+             +H      stub_0  stub_1 ... stub_n   (each engine's stub calls +8)
 
 A tracer with a runtime (see :mod:`ktracecli.interface`) also gets, once per
 process, before any handler is generated::
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from ktracecli.arch import shared_x86
 from ktracecli.arch.x86_64.assembler import assemble
+from ktracecli.arch.x86_64.handler_call import HANDLER_ENTRY
 from ktracecli.errors import PatchError, ProcessError, ProgramError
 from ktracecli.interface import Analysis, Engine, FunctionSite, RuntimeCode, Tracer
 from ktracecli.model import Patch
@@ -291,7 +293,8 @@ class Installer:
         return len(done)
 
     #   region near the module (r-x, never freed), filled from the front, reused by later installs:
-    #     +0       handler                     this tracer's, for this process (layout baked in)
+    #     +0       handler                     this tracer's, for this process (layout baked in);
+    #                                          its entry is at +8, after the call path's return cell
     #     +H       stub_0 | stub_1 | ...       each as long as the engine made it, 16-byte aligned
     #     ...      (free: the next install of a site of this module goes here)
     def install(self, module: LoadedModule, sites: list[tuple[int, FunctionSite]]) -> list[Patch]:
@@ -334,7 +337,7 @@ class Installer:
         if len(handler) > HANDLER_RESERVE:
             raise PatchError(f"handler of {self.tracer.name} is {len(handler)} bytes, more than {HANDLER_RESERVE}")
         self.tracee.write(region.addr, handler)
-        region.handler, region.used = region.addr, _aligned(len(handler))
+        region.handler, region.used = region.addr + HANDLER_ENTRY, _aligned(len(handler))
         self.installed.handler_bytes += len(handler)
         self.regions.setdefault((module.path, module.bias), []).append(region)
         return region

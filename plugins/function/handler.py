@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ktracecli.arch.x86_64.handler_call import ON
 from ktracecli.runtime.layout import RuntimeLayout, slot_lookup_asm, timestamp_asm
 
 RECORD_DTYPE = np.dtype([("tsc", "<u8"), ("parent", "<u8"), ("site", "<u4"), ("commit", "<u4")])
@@ -28,8 +29,12 @@ SITE_INDEX = 56
 
 
 def handler_source(layout: RuntimeLayout) -> str:
-    """Keystone source of the handler (see ktracecli.interface for the ABI)."""
+    """Keystone source of the handler (see ktracecli.interface for the ABI).
+
+    The quadword in front of it is 0: this tracer never hooks returns.
+    """
     return f"""
+    .quad 0
     push rax
     lahf
     seto al
@@ -55,6 +60,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     shl rax, 3
     add rax, qword ptr [rsi+16]
     mov rsi, rax
+    and r11, -8
     mov r11, qword ptr [r11]
     mov eax, dword ptr [rsp+{SITE_INDEX}]
     mov dword ptr [rsi+16], eax
@@ -68,6 +74,8 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov qword ptr [rsi+8], r11
     mov dword ptr [rsi+20], edi
 .Lout:
+    mov r11, qword ptr [rsp+{SITE_INDEX - 8}]
+    lea r11, [r11+{ON}]
     pop rdi
     pop rsi
     pop rdx

@@ -1,40 +1,50 @@
 """function_graph's handler: push a shadow-stack entry, hook the return, record the entry.
 
 Called through the handler ABI (ktracecli.interface) with r11 = S, the
-address of the traced function's return-address slot::
+address of the traced function's return-address slot, plus 1 when the stub
+can hook the return by a call (its continuation runs with rsp = S)::
 
-    before the handler                 after it
-    S:  <return into the caller>       S:  <this thread's trampoline>   (the caller's
-                                                                         address is in
-    shadow stack: ... [top-1]          shadow stack: ... [top-1] [S, caller, tsc, site]
-                                                                         the entry)
+    before the handler                 after it, hooked by a call (the stub then calls
+                                       its continuation, which puts R+10 in S)
+    S:  <return into the caller>       S:  <the stub's saved r11, popped by the stub>
+    shadow stack: ... [top-1]          shadow stack: ... [top-1] [S, caller, tsc, R+10, site]
+
+    (the -pg stubs: S gets this thread's return trampoline instead, and the
+    entry's hook is that trampoline)
+
+A return hooked by a call comes back to its own call's return address, so
+the CPU predicts it; one hooked by rewriting S is mispredicted (about 8 ns).
 
 Fast path, per call: find the thread's slot (one hash and compare), check the
 top entry (the caller's frame: its slot is above S), take the timestamp,
 reserve a shadow entry and then the ring record (two non-locked cmpxchg, one
 right after the other, so that a signal handler's records land on the right
 side of this one unless the signal comes between them), fill the entry, mark
-it complete, write its slot's return trampoline into S, and write the 16-byte
-record.  No system call, lock or trap.
+it complete, hook the return, and write the 16-byte record.  No system call,
+lock or trap.
 
 Other paths:
 
-- top entry at or below S: a tail call when S already returns through the
-  trampoline (the entry shares the slot); else the top is a dead frame, and
-  the runtime's resync routine closes every dead entry first; while an
-  exception unwinds, the resync routine also looks at the entries above S;
+- top entry at or below S: a tail call when S still holds the top entry's
+  hook (the new entry shares the slot; its original return address is that
+  hook); else the top is a dead frame, and the runtime's resync routine
+  closes every dead entry first; while an exception unwinds, the resync
+  routine also looks at the entries above S;
 - depth >= max_graph_depth (when set) or a full shadow stack: a NOHOOK record,
   and the return is left alone;
-- tracing_thresh set: no entry record (the trampoline records long calls).
+- tracing_thresh set: no entry record (the return records long calls).
 """
 
 from __future__ import annotations
 
+from ktracecli.arch.x86_64.handler_call import BY_CALL, ON, RETURN_POINT
 from ktracecli.runtime.layout import CTRL_MAX_GRAPH_DEPTH, CTRL_TRACING_THRESH, RuntimeLayout, slot_lookup_asm, timestamp_asm
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 from ktracecli_function_graph.shadow import (
+    CALL_RETURN,
     CAPACITY,
+    E_HOOK,
     E_ORIG,
     E_SITE,
     E_SLOT,
@@ -51,8 +61,12 @@ from ktracecli_function_graph.shadow import (
     trampoline_asm,
 )
 
-#: the site index, above the saved registers and the return into the engine stub
-SITE_INDEX = saved_bytes() + 8
+#: the return into the engine stub (R), above the saved registers; the site index; the stub's saved r11
+STUB_RETURN = saved_bytes()
+SITE_INDEX = STUB_RETURN + 8
+STUB_R11 = STUB_RETURN + 16
+#: a byte of the site index's quadword the handler keeps for itself: 1 when the stub can hook by a call
+BY_CALL_FLAG = SITE_INDEX + 4
 
 
 def _record(layout: RuntimeLayout, p: str, kind: Kind) -> str:
@@ -75,7 +89,10 @@ def handler_source(layout: RuntimeLayout) -> str:
     """Keystone source of the handler (see ktracecli.interface for the ABI)."""
     thresh = layout.base + CTRL_TRACING_THRESH
     return f"""
+    .quad {layout.runtime + CALL_RETURN:#x}
     {save_asm()}
+    btr r11, 0
+    setc byte ptr [rsp+{BY_CALL_FLAG}]
     {slot_lookup_asm(layout, found=".Lslot", full=".Lout", claimed=".Lclaimed")}
 .Lclaimed:
     {shadow_asm(layout)}
@@ -94,8 +111,8 @@ def handler_source(layout: RuntimeLayout) -> str:
     cmp rcx, r11
     ja .Labove
     jb .Lbelow
-    {trampoline_asm(layout, "rax", "rdx")}
-    cmp qword ptr [r11], rax
+    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
+    cmp qword ptr [r11], rdx
     je .Lpush
     jmp .Lresync
 .Labove:
@@ -138,11 +155,33 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov eax, dword ptr [rsp+{SITE_INDEX}]
     mov dword ptr [rdx+{E_SITE}], eax
     mov qword ptr [rdx+{E_TSC}], r9
-    mov qword ptr [rdx+{E_SLOT}], r11
+    cmp byte ptr [rsp+{BY_CALL_FLAG}], 0
+    je .Ltrampoline
+    mov rax, qword ptr [rsp+{STUB_RETURN}]
+    add rax, {RETURN_POINT}
+    jmp .Lhook
+.Ltrampoline:
+    push rdx
     {trampoline_asm(layout, "rax", "rdx")}
-    mov qword ptr [r11], rax
+    pop rdx
+.Lhook:
+    mov qword ptr [rdx+{E_HOOK}], rax
+    mov qword ptr [rdx+{E_SLOT}], r11
     {_record(layout, "e", Kind.ENTRY)}
+    cmp byte ptr [rsp+{BY_CALL_FLAG}], 0
+    je .Lrewrite
+    mov rax, qword ptr [rsp+{STUB_R11}]
+    mov qword ptr [r11], rax
+    mov r11, qword ptr [rsp+{STUB_RETURN}]
+    lea r11, [r11+{BY_CALL}]
+    {restore_asm()}
+    ret 16
+.Lrewrite:
+    mov rax, qword ptr [rdx+{E_HOOK}]
+    mov qword ptr [r11], rax
 .Lout:
+    mov r11, qword ptr [rsp+{STUB_RETURN}]
+    lea r11, [r11+{ON}]
     {restore_asm()}
     ret 8
 .Lnohook:

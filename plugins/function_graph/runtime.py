@@ -1,15 +1,18 @@
-"""function_graph's per-process runtime: the return trampoline, resync, and the unwinder hooks.
+"""function_graph's per-process runtime: the two return paths, resync, and the unwinder hooks.
 
 Placed once per process at ``layout.runtime``::
 
     +0            .quad resync       the handlers call [runtime+0] (a slow path)
-    +8 + 16 * i   slot i's entry     the hooked returns of slot i's thread land here:
+    +8            jmp call_return    returns hooked by a call: the stubs' return point
+                                     jumps to [handler-8], which holds runtime+8
+    +16 + 16 * i  slot i's entry     the returns of slot i's thread hooked by rewriting
+                                     their slot (-pg sites) land here:
                   48 8d 64 24 f8       lea rsp, [rsp-8]     ; S holds where to go
                   50                   push rax
                   68 <i:4>             push i
                   e9 <rel32>           jmp trampoline
-    +8 + 16 * N   return trampoline  (N slots)
-    ...           resync routine
+    +16 + 16 * N  return trampoline  (N slots)
+    ...           call_return, resync routine
     then, from RuntimeHook sources, one routine per hooked library function
 
 A return lands on its thread's own entry, so the trampoline knows the
@@ -31,6 +34,15 @@ predictions in step with the program's calls; a signal cannot clobber
 [rsp-8] meanwhile, as the kernel leaves the 128-byte red zone alone.  Nothing
 but rax, rdx, xmm0, xmm1 and the flags of the function's return matter to the
 caller, but every register is preserved (gcc -fipa-ra).
+
+The call return (see ktracecli.arch.x86_64.handler_call): entered from the
+stub's return point with rsp = S + 8, S being the slot its call used.  It
+finds the thread's slot by its fs base, pops the top entry (whose slot is
+S), closing dead entries above it, records the exit, puts the original
+return address back in S and returns with ``ret``, which matches the
+caller's own call.  A thread whose fs base changed since the entry (a static
+program setting up its TLS inside a traced call) finds no entry for S in its
+own shadow stack: every slot's stack is searched then (a slow path).
 
 Resynchronisation: an entry above S's group in the shadow stack is a frame
 that was left without returning (longjmp): it is closed (a CLOSED record).
@@ -70,13 +82,16 @@ hooked: a backtrace taken inside traced frames stops at the first hooked one.
 from __future__ import annotations
 
 from ktracecli.interface import RuntimeCode, RuntimeHook
-from ktracecli.runtime.layout import SLOT_SHIFT, RuntimeLayout, slot_lookup_asm
+from ktracecli.runtime.layout import SLOT_SHIFT, SLOT_SIZE, RuntimeLayout, slot_lookup_asm
 
 from ktracecli_function_graph.records import Kind
 from ktracecli_function_graph.shadow import (
+    CALL_RETURN,
+    E_HOOK,
     E_ORIG,
     E_SLOT,
     ENTRY_SHIFT,
+    ENTRY_SIZE,
     H_TOP,
     H_UNWINDING,
     SAVED,
@@ -90,7 +105,6 @@ from ktracecli_function_graph.shadow import (
     saved_bytes,
     shadow_asm,
     trampoline_addr,
-    trampoline_asm,
 )
 
 UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind")
@@ -112,7 +126,11 @@ def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
     """The runtime placed at ``layout.runtime`` and its unwinder hooks."""
     source = f"""
     .quad .Lresync
+    jmp .Lcall_return
+    .byte {", ".join(["0xcc"] * 3)}
     {trampoline_source(layout)}
+.Lcall_return:
+    {call_return_source(layout)}
 .Lresync:
     {resync_source(layout)}
 """
@@ -195,6 +213,68 @@ def trampoline_source(layout: RuntimeLayout) -> str:
 """
 
 
+def call_return_source(layout: RuntimeLayout) -> str:
+    """Returns hooked by a call (see the module docstring): entered with rsp = S + 8."""
+    table = layout.base + layout.slot_table
+    end = table + layout.nslots * SLOT_SIZE
+    return f"""
+    lea rsp, [rsp-8]
+    {save_asm(SAVED_TOO)}
+    lea r11, [rsp+{saved_bytes(SAVED_TOO)}]
+    {slot_lookup_asm(layout, found=".Lcslot", full=".Lcother", claimed=".Lcclaimed", prefix="cr")}
+.Lcclaimed:
+    {shadow_asm(layout)}
+    mov qword ptr [rdi+{H_TOP}], 0
+    mov qword ptr [rdi+{H_UNWINDING}], 0
+    jmp .Lcother
+.Lcslot:
+    {shadow_asm(layout)}
+.Lcsearch:
+    mov r8, qword ptr [rdi]
+    mov rax, r8
+.Lcscan:
+    test rax, rax
+    jz .Lcother
+    mov rdx, rax
+    shl rdx, {ENTRY_SHIFT}
+    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
+    je .Lcfound
+    dec rax
+    jmp .Lcscan
+.Lcfound:
+    cmp rax, r8
+    jb .Lcclose
+    {pop_asm("cp", ".Lcsearch")}
+    mov qword ptr [r11], rcx
+    mov ecx, eax
+    {exit_asm(layout, "cx", Kind.EXIT)}
+    {restore_asm(SAVED_TOO)}
+    ret
+.Lcclose:
+    {close_top_asm(layout, "cc", ".Lcsearch")}
+.Lcother:
+    movabs rsi, {table:#x}
+.Lcnext:
+    {shadow_asm(layout)}
+    mov rax, qword ptr [rdi]
+.Lcentry:
+    test rax, rax
+    jz .Lcmove
+    mov rdx, rax
+    shl rdx, {ENTRY_SHIFT}
+    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
+    je .Lcsearch
+    dec rax
+    jmp .Lcentry
+.Lcmove:
+    add rsi, {SLOT_SIZE}
+    movabs rax, {end:#x}
+    cmp rsi, rax
+    jb .Lcnext
+    jmp .Ltlost
+"""
+
+
 def resync_source(layout: RuntimeLayout) -> str:
     """Close the dead entries on top of a shadow stack, for a call made at slot r11.
 
@@ -202,10 +282,10 @@ def resync_source(layout: RuntimeLayout) -> str:
     slot.  Out: r8 = top.  Clobbers rax, rcx, rdx, r9, r10 and the flags
     (rbx and r12, which closing uses, are saved).
     The top entry is dead when its slot is below r11, or equal to it while
-    r11 no longer returns through the trampoline, or (only while an exception
-    unwinds) above it while holding neither the trampoline nor the entry's
-    own return address; unless this code runs on the signal stack and the
-    entry is not on it.
+    r11 no longer holds the entry's hook, or (only while an exception
+    unwinds) above it while holding neither the entry's hook nor its own
+    return address (a tail call's entry goes with the entry below it);
+    unless this code runs on the signal stack and the entry is not on it.
     """
     # stack: +0 stack_t of sigaltstack (ss_sp, ss_flags, ss_size), +24 whether it was asked for
     return f"""
@@ -225,21 +305,24 @@ def resync_source(layout: RuntimeLayout) -> str:
     cmp rcx, r11
     ja .Lrabove
     jb .Lrcandidate
-    {trampoline_asm(layout, "rax", "rdx")}
-    cmp qword ptr [r11], rax
+    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
+    cmp qword ptr [r11], rdx
     je .Lrdone
     jmp .Lrcandidate
 .Lrabove:
     cmp qword ptr [rdi+{H_UNWINDING}], 0
     je .Lrdone
     mov rdx, qword ptr [rcx]
-    {trampoline_asm(layout, "r9", "r10")}
-    cmp rdx, r9
+    cmp rdx, qword ptr [rdi+rax+{E_HOOK}]
     je .Lrdone
     mov r10, qword ptr [rdi+rax+{E_ORIG}]
-    cmp r10, r9
-    je .Lrdone
     cmp rdx, r10
+    je .Lrdone
+    cmp r8, 1
+    jbe .Lrcandidate
+    cmp rcx, qword ptr [rdi+rax-{ENTRY_SIZE - E_SLOT}]
+    jne .Lrcandidate
+    cmp r10, qword ptr [rdi+rax-{ENTRY_SIZE - E_HOOK}]
     je .Lrdone
 .Lrcandidate:
     cmp qword ptr [rsp+24], 0
@@ -291,33 +374,37 @@ def _hook_prologue(layout: RuntimeLayout, p: str) -> str:
 
 
 def _rewrite_slots(layout: RuntimeLayout, p: str, hook: bool) -> str:
-    """For each complete entry: slot -> trampoline (``hook``) or trampoline -> original (unhook).
+    """For each complete entry: slot original -> hook (``hook``, bottom up) or hook -> original (top down).
 
-    Only a slot that still holds what the entry left there is written; tail
-    calls' entries (original = trampoline) are skipped: their group's first
-    entry speaks for the slot.  r8 = top.  Clobbers rax, rcx, rdx, r9, r10.
+    Only a slot that still holds what the entry left there is written.  The
+    orders matter for tail calls, whose entries share a slot and chain (a
+    tail callee's original return address is its caller's hook): unhooking
+    from the top puts each caller's hook back for the caller to replace, and
+    hooking from the bottom the other way round.  r8 = top.  Clobbers rax,
+    rcx, rdx, r9, r10.
     """
-    expect, write = ("r9", "r10") if hook else ("r10", "r9")
+    expect, write = (E_ORIG, E_HOOK) if hook else (E_HOOK, E_ORIG)
+    first, step = ("1", "inc rax") if hook else ("r8", "dec rax")
     return f"""
-    {trampoline_asm(layout, "r10", "rax")}
-    xor eax, eax
+    mov rax, {first}
 .L{p}loop:
+    cmp rax, 1
+    jb .L{p}end
     cmp rax, r8
-    jae .L{p}end
-    lea rdx, [rax+1]
+    ja .L{p}end
+    mov rdx, rax
     shl rdx, {ENTRY_SHIFT}
     add rdx, rdi
     mov rcx, qword ptr [rdx+{E_SLOT}]
     test rcx, rcx
     jz .L{p}next
-    mov r9, qword ptr [rdx+{E_ORIG}]
-    cmp r9, r10
-    je .L{p}next
-    cmp qword ptr [rcx], {expect}
+    mov r9, qword ptr [rdx+{expect}]
+    cmp qword ptr [rcx], r9
     jne .L{p}next
-    mov qword ptr [rcx], {write}
+    mov r10, qword ptr [rdx+{write}]
+    mov qword ptr [rcx], r10
 .L{p}next:
-    inc rax
+    {step}
     jmp .L{p}loop
 .L{p}end:"""
 

@@ -4,15 +4,19 @@ Shadow stacks live in the tracer's private memory (``layout.private``), one
 per slot, at the slot's index, so that ``fork`` copies them to the child,
 whose thread gets the same slot index (see ``SharedRings.inherit``)::
 
-    private + i * 32 KiB           the shadow stack of slot i
+    private + i * 64 KiB           the shadow stack of slot i
         +0                 u64  top: entries reserved (the next one goes at index top)
         +8                 u64  unwinding: 1 from the start of an exception's unwinding
                                 (the unhook routine) to its catch; 0 otherwise
-        +32 * (n + 1)      entry n, 32 bytes:
+        +64 * (n + 1)      entry n, 64 bytes (one cache line):
             +0   u64  slot   address of the return-address slot; 0 while being written
-            +8   u64  orig   the return address it held (the trampoline's own for a tail call)
+            +8   u64  orig   the return address it held (for a tail call, the hook of the
+                             entry below)
             +16  u64  tsc    entry time (tracing_thresh needs it at return)
-            +24  u32  site   site index
+            +24  u64  hook   what the slot holds while the return is hooked: the return
+                             point of the function's stub (hooked by a call) or the
+                             thread's return trampoline (hooked by rewriting the slot)
+            +32  u32  site   site index
 
 Entries are reserved with a non-locked ``cmpxchg`` on top (one instruction: a
 signal handler on the same thread sees it done or not done) and marked
@@ -25,11 +29,11 @@ on top knows it belongs to code it interrupted and leaves it alone.
 Entries are ordered by stack position: a live frame's slot is above (greater
 than) every slot pushed after it, except a tail callee's, which shares its
 caller's slot.  An entry whose slot is below a new call's, or equal to it
-while the slot no longer returns through the trampoline, belongs to a frame
-left without returning (longjmp, an exception): it is *dead*, and closed.
-While an exception unwinds, a frame above the new call is dead too when its
-slot holds neither the trampoline nor its own return address any more: an
-untraced function (a destructor called by a landing pad) took its place.
+while the slot no longer holds the entry's hook, belongs to a frame left
+without returning (longjmp, an exception): it is *dead*, and closed.  While
+an exception unwinds, a frame above the new call is dead too when its slot
+holds neither its hook nor its own return address any more: an untraced
+function (a destructor called by a landing pad) took its place.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from ktracecli.runtime.layout import CTRL_TRACING_THRESH, SLOT_SIZE, RuntimeLayo
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 
-ENTRY_SHIFT = 5
+ENTRY_SHIFT = 6
 ENTRY_SIZE = 1 << ENTRY_SHIFT
 #: entries per shadow stack; depths 0..CAPACITY fit the records' 10-bit depth
 CAPACITY = 1023
@@ -47,7 +51,7 @@ SHADOW_BYTES = ENTRY_SIZE * (CAPACITY + 1)
 SLOT_TO_SHADOW = (SHADOW_BYTES // SLOT_SIZE).bit_length() - 1
 assert SLOT_SIZE << SLOT_TO_SHADOW == SHADOW_BYTES
 
-E_SLOT, E_ORIG, E_TSC, E_SITE = 0, 8, 16, 24
+E_SLOT, E_ORIG, E_TSC, E_HOOK, E_SITE = 0, 8, 16, 24, 32
 #: offsets in the shadow stack's header
 H_TOP, H_UNWINDING = 0, 8
 
@@ -60,8 +64,10 @@ def private_size(layout: RuntimeLayout) -> int:
     return layout.nslots * SHADOW_BYTES
 
 
-#: the runtime's per-slot entries into the return trampoline start at +8 (+0 holds resync's address)
-TRAMPOLINES = 8
+#: the runtime starts with resync's address, then a jump to the routine returns hooked by a call take
+CALL_RETURN = 8
+#: the runtime's per-slot entries into the return trampoline start at +16
+TRAMPOLINES = 16
 #: bytes of one per-slot entry (see runtime.py)
 TRAMPOLINE_STUB = 16
 

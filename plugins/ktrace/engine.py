@@ -17,9 +17,6 @@ if TYPE_CHECKING:
     from ktracecli.arch.x86_64 import X86
     from ktracecli.elf.image import ElfImage
 
-#: push r11 (2) + lea r11, [rsp+8] (5) + push imm32 (5) + call rel32 (5) + pop r11 (2)
-STUB_HEAD_SIZE = 19
-CALL_END = 17  # offset of the instruction after the call to the handler
 #: the most one relocated instruction can grow by (a last call: 20-byte push + 14-byte jmp)
 MAX_GROWTH = 34
 JMP_BACK_SIZE = 5
@@ -49,15 +46,13 @@ class KtraceEngine:
     def detour_size(self, site: FunctionSite) -> int:
         """An upper bound of the stub's size: head, relocated window, jump back."""
         window = _window(site)
-        return STUB_HEAD_SIZE + len(window) + MAX_GROWTH * len(self.x86.decode(window, 0)) + JMP_BACK_SIZE
+        from ktracecli.arch.x86_64.handler_call import HEAD_SIZE
+        return HEAD_SIZE + len(window) + MAX_GROWTH * len(self.x86.decode(window, 0)) + JMP_BACK_SIZE
 
     # The stub at S, for a window of L >= 5 bytes displaced from W = bias + window_vaddr:
-    #   S+0:   41 53                 push r11             ; r11 may be live (gcc -fipa-ra)
-    #   S+2:   4c 8d 5c 24 08        lea  r11, [rsp+8]    ; the caller's return address slot
-    #   S+7:   68 <index:4>          push index
-    #   S+12:  e8 <handler:rel32>    call handler         ; handler returns with ret 8
-    #   S+17:  41 5b                 pop  r11
-    #   S+19:  <relocated window>                         ; see arch.x86_64.relocate
+    #   S+0:   the head (arch.x86_64.handler_call), slot [rsp+8] after its push r11: it calls the
+    #          handler, then goes on at S+35 or hooks the return by calling S+35
+    #   S+35:  <relocated window>                         ; see arch.x86_64.relocate
     #   S+n:   e9 <W+L:rel32>        jmp  W+L             ; left out when the window already left
     #
     # The patch at W (endbr64, when present, stays in front of W untouched):
@@ -66,24 +61,14 @@ class KtraceEngine:
     def build(self, site: FunctionSite, bias: int, stub_addr: int, handler_addr: int,
               index: int) -> tuple[bytes, Patch]:
         """The stub for ``site`` at ``stub_addr`` and the patch that jumps to it."""
-        from ktracecli.arch.x86_64 import (
-            RangeError,
-            RelocationError,
-            call_rel32,
-            jmp_rel32,
-            lea_r11_rsp,
-            pop_r11,
-            push_r11,
-            push_imm32,
-            relocate,
-        )
+        from ktracecli.arch.x86_64 import RangeError, RelocationError, jmp_rel32, relocate
+        from ktracecli.arch.x86_64.handler_call import handler_call
         window = _window(site)
         addr = bias + getattr(site, "window_vaddr")
         if not 0 <= index <= 0xFFFFFFFF:
             raise PatchError(f"{site.name}: site index {index} does not fit in 32 bits")
         try:
-            head = (push_r11() + lea_r11_rsp(8) + push_imm32(index)
-                    + call_rel32(stub_addr + CALL_END - 5, handler_addr) + pop_r11())
+            head = handler_call(stub_addr, handler_addr, index, 8)
             moved = relocate(self.x86.decode(window, addr), stub_addr + len(head))
             stub = head + moved.code
             if moved.falls_through:

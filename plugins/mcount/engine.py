@@ -21,12 +21,9 @@ if TYPE_CHECKING:
 
     from .site import CallSite
 
-#: push r11 (2) + lea r11, [rsp+16] (5) or [rbp+8] (4) + push imm32 (5) + call rel32 (5) + pop r11 (2) + ret (1)
-STUB_SIZE = 20
-
 
 class McountEngine:
-    """Turns compiler-made call sites into NOPs, and the selected ones into calls to a stub."""
+    """Turns compiler-made call sites into NOPs, and the selected ones into jumps or calls to a stub."""
 
     name: ClassVar[str] = "mcount"
     description: ClassVar[str] = ("use the call sites the compiler put at function entries (-pg, -mfentry, "
@@ -56,40 +53,30 @@ class McountEngine:
         return patches
 
     def detour_size(self, site: FunctionSite) -> int:
-        """The largest stub (the [rsp+16] one)."""
-        _call(site)
-        return STUB_SIZE
+        """The stub's size: the handler-call head, then a jump back (5 bytes) or a return (1)."""
+        from ktracecli.arch.x86_64.handler_call import HEAD_SIZE
 
-    # The stub at S, for the site of L bytes (5 or 6) at A in a function F:
-    #   S+0:   41 53                 push r11
-    #   S+2:   4c 8d 5c 24 10        lea  r11, [rsp+16]   ; site at F's entry: [rsp+8] = return to A+L,
-    #                                                     ; [rsp+16] = F's return address
-    #     or:  4c 8d 5d 08           lea  r11, [rbp+8]    ; site after push rbp; mov rbp, rsp (-pg):
-    #                                                     ; every offset below is one less
-    #   S+7:   68 <index:4>          push index
-    #   S+12:  e8 <handler:rel32>    call handler         ; handler returns with ret 8
-    #   S+17:  41 5b                 pop  r11
-    #   S+19:  c3                    ret                  ; to A+L, the end of the site
-    #
-    # The patch at A (disabled -> enabled):
-    #   5 bytes:  0f 1f 44 00 00      ->  e8 <S:rel32>        call S
-    #   6 bytes:  66 0f 1f 44 00 00   ->  2e e8 <S:rel32>     cs call S (one instruction: it returns to A+6)
-    #   L > 6 (clang's one long NOP in a patchable entry):
-    #             0f 1f 44 00 00 <nop:L-5>  ->  e8 <S:rel32> <nop:L-5>   (the stub returns to A+5)
+        from .site import Slot
+        return HEAD_SIZE + 5 if _call(site).slot is Slot.ENTRY else HEAD_SIZE
+
+    # The stub at S, for the site of L bytes (5 or more) at A in a function F; its head is
+    # arch.x86_64.handler_call's, which calls the handler and then goes on (or, at an entry,
+    # hooks F's return by calling the continuation):
+    #   site at F's entry (-mfentry, -mnop-mcount, patchable entry): jumped to, like a ktrace stub
+    #     S+0:   head, slot [rsp+8] after its push r11
+    #     S+35:  e9 <A+L:rel32>        jmp  A+L            ; the end of the site
+    #     patch: 0f 1f 44 00 00 [nop]  ->  e9 <S:rel32> [nop]     (L-5 NOP bytes stay NOPs)
+    #   site after push rbp; mov rbp, rsp (-pg): called, F's return address is at [rbp+8]
+    #     S+0:   head, slot [rbp+8]
+    #     S+34:  c3                    ret                 ; to A+L
+    #     patch: 5 bytes:  0f 1f 44 00 00      ->  e8 <S:rel32>        call S
+    #            6 bytes:  66 0f 1f 44 00 00   ->  2e e8 <S:rel32>     cs call S (one instruction: it
+    #                                                                  returns to A+6)
     def build(self, site: FunctionSite, bias: int, stub_addr: int, handler_addr: int,
               index: int) -> tuple[bytes, Patch]:
         """The stub for ``site`` at ``stub_addr`` and the patch that makes its site call it."""
-        from ktracecli.arch.x86_64 import (
-            RangeError,
-            call_rel32,
-            call_rel32_sized,
-            lea_r11_rbp,
-            lea_r11_rsp,
-            pop_r11,
-            push_imm32,
-            push_r11,
-            ret,
-        )
+        from ktracecli.arch.x86_64 import RangeError, call_rel32_sized, jmp_rel32, nop, ret
+        from ktracecli.arch.x86_64.handler_call import handler_call
 
         from .site import CALL_LENGTH, MAX_SINGLE, Slot
 
@@ -97,17 +84,19 @@ class McountEngine:
         if not 0 <= index <= 0xFFFFFFFF:
             raise PatchError(f"{site.name}: site index {index} does not fit in 32 bits")
         addr = bias + call.vaddr
-        slot = lea_r11_rsp(16) if call.slot is Slot.ENTRY else lea_r11_rbp(8)
-        head = push_r11() + slot + push_imm32(index)
         try:
-            stub = head + call_rel32(stub_addr + len(head), handler_addr) + pop_r11() + ret()
-            if call.length <= MAX_SINGLE:
-                new = call_rel32_sized(addr, stub_addr, call.length)
+            if call.slot is Slot.ENTRY:
+                head = handler_call(stub_addr, handler_addr, index, 8)
+                stub = head + jmp_rel32(stub_addr + len(head), addr + call.length)
+                rest = call.length - CALL_LENGTH
+                pad = call.disabled[CALL_LENGTH:] if call.length > MAX_SINGLE else nop(rest) if rest else b""
+                new = jmp_rel32(addr, stub_addr) + pad
             else:
-                new = call_rel32(addr, stub_addr) + call.disabled[CALL_LENGTH:]
+                stub = handler_call(stub_addr, handler_addr, index, 8, frame=True) + ret()
+                new = call_rel32_sized(addr, stub_addr, call.length)
         except RangeError as exc:
             raise PatchError(f"{site.name}: the stub at {stub_addr:#x} is out of reach: {exc}") from None
-        assert len(stub) <= STUB_SIZE
+        assert len(stub) <= self.detour_size(site)
         return stub, Patch(addr, call.disabled, new)
 
 

@@ -22,7 +22,9 @@ from ktracecli.elf import ElfImage
 from ktracecli.interface import Analysis
 from ktracecli_ktrace.analysis import analyze, jump_table_targets
 from ktracecli_ktrace.site import KtraceSite
-from ktracecli_ktrace.engine import STUB_HEAD_SIZE, KtraceEngine
+from ktracecli.arch.x86_64.handler_call import HEAD_SIZE as STUB_HEAD_SIZE
+from ktracecli.arch.x86_64.handler_call import ON
+from ktracecli_ktrace.engine import KtraceEngine
 
 LIB_SOURCE = r"""
 __attribute__((visibility("hidden"))) int counter = 42;
@@ -247,8 +249,15 @@ def test_endbr64_stays_in_place(analysis: Analysis) -> None:
 def test_stub_head_follows_handler_abi(analysis: Analysis) -> None:
     s = site(analysis, "rip_first")
     stub, _ = KtraceEngine().build(s, 0, 0x100000, 0x180000, 0x1234)
-    assert stub[:19] == (b"\x41\x53" + b"\x4c\x8d\x5c\x24\x08" + b"\x68\x34\x12\x00\x00"
-                         + b"\xe8" + struct.pack("<i", 0x180000 - 0x100011) + b"\x41\x5b")
+    r = 0x100011  # the return address of the call to the handler
+    assert stub[:STUB_HEAD_SIZE] == (
+        b"\x41\x53" + b"\x4c\x8d\x5c\x24\x09"           # push r11; lea r11, [rsp+9] (slot + 1: by call)
+        + b"\x68\x34\x12\x00\x00"                      # push 0x1234
+        + b"\xe8" + struct.pack("<i", 0x180000 - r)      # call handler
+        + b"\x41\xff\xe3"                              # R: jmp r11
+        + b"\x41\x5b" + b"\xe8" + struct.pack("<i", 8)  # R+3: pop r11; call R+18
+        + b"\xff\x25" + struct.pack("<i", 0x180000 - 8 - (r + 16))  # R+10: jmp [handler-8]
+        + b"\x41\x5b")                                 # R+16: pop r11
     assert len(stub) <= KtraceEngine().detour_size(s)
 
 
@@ -285,20 +294,26 @@ def test_coverage_of_real_binaries(path: str) -> None:
 # ----------------------------------------------------------------------------- run it
 
 
-# handler at H, per the handler ABI; it records [r11], the site index and a hit count at D:
+# handler at H, per the handler ABI; it records [r11 & -8], the site index and a hit count at D,
+# and goes on at the stub's plain continuation:
 #   50                 push rax
-#   49 8b 03           mov  rax, [r11]          ; the traced function's return address
+#   4c 89 d8           mov  rax, r11
+#   48 83 e0 f8        and  rax, -8             ; bit 0 says the stub could hook by a call
+#   48 8b 00           mov  rax, [rax]          ; the traced function's return address
 #   48 a3 <D:8>        movabs [D], rax
 #   8b 44 24 10        mov  eax, [rsp+16]       ; the site index
 #   a3 <D+8:8>         movabs [D+8], eax
 #   48 b8 <D+16:8>     movabs rax, D+16
 #   48 ff 00           inc  qword [rax]
 #   58                 pop  rax
+#   4c 8b 1c 24        mov  r11, [rsp]          ; R, the return into the stub
+#   4d 8d 5b 10        lea  r11, [r11+16]       ; R + ON
 #   c2 08 00           ret  8
 def handler_code(data: int) -> bytes:
-    return (b"\x50\x49\x8b\x03\x48\xa3" + struct.pack("<Q", data) + b"\x8b\x44\x24\x10\xa3"
-            + struct.pack("<Q", data + 8) + b"\x48\xb8" + struct.pack("<Q", data + 16)
-            + b"\x48\xff\x00\x58\xc2\x08\x00")
+    assert ON == 0x10
+    return (b"\x50\x4c\x89\xd8\x48\x83\xe0\xf8\x48\x8b\x00\x48\xa3" + struct.pack("<Q", data)
+            + b"\x8b\x44\x24\x10\xa3" + struct.pack("<Q", data + 8) + b"\x48\xb8" + struct.pack("<Q", data + 16)
+            + b"\x48\xff\x00\x58\x4c\x8b\x1c\x24\x4d\x8d\x5b\x10\xc2\x08\x00")
 
 
 def _run_patched(lib: Path, analysis: Analysis) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from ktracecli.elf import ElfImage
 from ktracecli.interface import Analysis
 from ktracecli_mcount.analysis import NO_SITE, analyze
 from ktracecli_mcount.site import CallSite, Form, McountRefusal, McountSite, Slot
-from ktracecli_mcount.engine import STUB_SIZE, McountEngine
+from ktracecli.arch.x86_64.handler_call import BY_CALL, ON, RETURN_POINT
+from ktracecli_mcount.engine import McountEngine
 
 SOURCE = r"""
 int counter;
@@ -165,7 +167,7 @@ def test_prepare_turns_every_call_into_a_nop_of_its_length(programs: dict[str, P
 
 
 @pytest.mark.parametrize(("slot", "length", "lea"), [
-    (Slot.ENTRY, 5, "lea r11, [rsp + 0x10]"),
+    (Slot.ENTRY, 5, "lea r11, [rsp + 9]"),
     (Slot.FRAME_POINTER, 6, "lea r11, [rbp + 8]"),
 ])
 def test_stub_follows_the_handler_abi(slot: Slot, length: int, lea: str) -> None:
@@ -174,15 +176,35 @@ def test_stub_follows_the_handler_abi(slot: Slot, length: int, lea: str) -> None
     fn = McountSite("fn", 0x1230, 40, (), call)
     bias, stub_addr, handler = 0x7000_0000_0000, 0x7000_1000_0000, 0x7000_0fff_f000
     stub, patch = McountEngine().build(fn, bias, stub_addr, handler, 77)
-    assert len(stub) <= STUB_SIZE == McountEngine().detour_size(fn)
-    text = [(str(i), i.kind, i.target) for i in X86().decode(stub, stub_addr)]
+    assert len(stub) <= McountEngine().detour_size(fn)
+    insns = list(X86().decode(stub, stub_addr))
+    text = [(str(i), i.kind, i.target) for i in insns]
     assert [t[0] for t in text[:3]] == ["push r11", lea, "push 0x4d"]
     assert text[3][1:] == (Kind.CALL_REL, handler)
-    assert [t[0] for t in text[4:]] == ["pop r11", "ret"]
-    # the site: disabled NOP -> one call instruction of the same length, to the stub
+    assert text[4][0] == "jmp r11"
+    r = insns[4].addr
+    continuation = stub[r + ON - stub_addr:]
+    assert continuation[:2] == b"\x41\x5b", "pop r11 at R + ON"
+    if slot is Slot.ENTRY:
+        # the call path: pop r11; call the continuation; its return point jumps to [handler-8]
+        by_call = list(X86().decode(stub[r + BY_CALL - stub_addr:r + ON - stub_addr], r + BY_CALL))
+        assert [str(i) for i in by_call[:1]] == ["pop r11"]
+        assert (by_call[1].kind, by_call[1].target) == (Kind.CALL_REL, r + ON + 2)
+        assert by_call[2].addr == r + RETURN_POINT and stub[by_call[2].addr - stub_addr:][:2] == b"\xff\x25"
+        disp = struct.unpack("<i", stub[by_call[2].addr - stub_addr + 2:][:4])[0]
+        assert r + ON + disp == handler - 8
+        # then the jump back to the end of the site, which jumps to the stub
+        (back,) = X86().decode(continuation[2:], r + ON + 2)
+        assert (back.kind, back.target) == (Kind.JMP_REL, bias + 0x1234 + length)
+        (insn,) = X86().decode(patch.new, patch.addr)
+        assert (insn.kind, insn.target) == (Kind.JMP_REL, stub_addr)
+    else:
+        assert stub[r + BY_CALL - stub_addr:r + ON - stub_addr] == b"\xcc" * (ON - BY_CALL)
+        assert continuation[2:] == b"\xc3"
+        # the site: disabled NOP -> one call instruction of the same length, to the stub
+        (insn,) = X86().decode(patch.new, patch.addr)
+        assert (insn.kind, insn.target, insn.size) == (Kind.CALL_REL, stub_addr, length)
     assert (patch.addr, patch.original) == (bias + 0x1234, nop)
-    (insn,) = X86().decode(patch.new, patch.addr)
-    assert (insn.kind, insn.target, insn.size) == (Kind.CALL_REL, stub_addr, length)
 
 
 def test_elf_address_tables(programs: dict[str, Path]) -> None:

@@ -7,19 +7,21 @@ then reading the metadata of every installed distribution): more than
 folder (:mod:`ktracecli.cachedir`) with a stamp of everything importlib.metadata
 looks at to find them, and uses it while the stamp is unchanged:
 
-- each ``sys.path`` entry, and its modification time and size;
-- for each entry that is a folder, every distribution metadata folder in it
-  (``*.dist-info``, ``*.egg-info``, an egg's ``EGG-INFO``), and the modification
-  time and size of its ``entry_points.txt``.
+- each ``sys.path`` entry;
+- for an entry that is a folder, the distribution metadata folders in it
+  (``*.dist-info``, ``*.egg-info``, an egg's ``EGG-INFO``) in the order they are
+  listed, and the modification time and size of each one's ``entry_points.txt``;
+- for an entry that is a file (a zip), its modification time and size.
 
 Installing, upgrading or removing a distribution adds, renames or removes a
-metadata folder (which also changes the time of the folder holding it) or
-rewrites its ``entry_points.txt``; a ``.pth`` file or ``PYTHONPATH`` changes
-``sys.path``.  Each of these changes the stamp, and the next command reads the
-metadata again.  Nothing is remembered while a stamped time is less than
-:data:`SETTLE_NS` old (a change within a file system's timestamp granularity
-could go unseen), nor when a finder on ``sys.meta_path`` other than the
-standard path finder can provide distributions (it could find them anywhere).
+metadata folder or rewrites its ``entry_points.txt``; a ``.pth`` file or
+``PYTHONPATH`` changes ``sys.path``.  Each of these changes the stamp, and the
+next command reads the metadata again; other files coming and going (in the
+current directory, first on ``sys.path`` under ``python -m``) do not.  Nothing
+is remembered while a stamped time is less than :data:`SETTLE_NS` old (a
+rewrite within a file system's timestamp granularity could go unseen), nor when
+a finder on ``sys.meta_path`` other than the standard path finder can provide
+distributions (it could find them anywhere).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ VERSION = 1
 #: how old every stamped modification time must be for the stamp to be stored
 SETTLE_NS = 3_000_000_000
 _METADATA_SUFFIXES = (".dist-info", ".egg-info")
-#: per ``sys.path`` entry: [entry, its file stamp, [[metadata folder, file stamp of its entry_points.txt], ...]]
+#: per ``sys.path`` entry: [entry, its file stamp ([] for a folder: its listing stands for it),
+#: [[metadata folder, file stamp of its entry_points.txt], ...]]
 Stamp = list[list[Any]]
 
 
@@ -93,13 +96,16 @@ def _stamp() -> Stamp | None:
         if not isinstance(entry, str):
             return None
         folder = entry or "."  # importlib.metadata reads "" as the current directory
+        if not os.path.isdir(folder):
+            stamp.append([entry, _file_stamp(folder), []])
+            continue
         try:
-            children = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+            children = os.listdir(folder)
         except OSError:
             children = []
         metadata = [[child, _file_stamp(os.path.join(folder, child, "entry_points.txt"))]
                     for child in children if _is_metadata(folder, child)]
-        stamp.append([entry, _file_stamp(folder), metadata])
+        stamp.append([entry, [], metadata])
     return stamp
 
 

@@ -103,8 +103,16 @@ def test_a_changed_sys_path_is_seen(site: Path, scans: list[str], tmp_path: Path
     assert [ep.name for ep in entrypoints.entry_points(GROUP)] == ["alpha", "gamma"]
 
 
+def test_other_files_leave_the_index_alone(site: Path, scans: list[str]) -> None:
+    entrypoints.entry_points(GROUP)
+    (site / "ktrace.data").mkdir()
+    (site / "notes.txt").write_text("the folder's own time changes\n")
+    assert entrypoints.entry_points(GROUP) == [EntryPoint("alpha", "json", "dumps")]
+    assert scans == [GROUP]
+
+
 def test_a_recent_change_is_not_remembered(site: Path, scans: list[str], tmp_path: Path) -> None:
-    os.utime(site, None)  # just now: a change in the same timestamp tick could go unseen
+    os.utime(site / "plug_a-1.0.dist-info" / "entry_points.txt", None)  # a rewrite in the same tick could go unseen
     entrypoints.entry_points(GROUP)
     entrypoints.entry_points(GROUP)
     assert len(scans) == 2

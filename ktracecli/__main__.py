@@ -1,6 +1,6 @@
 """``python -m ktracecli``: the same as the ``ktracecli`` command."""
 
-from ktracecli.cli import main
+from ktracecli.entry import main
 
 if __name__ == "__main__":
     main()

@@ -2,39 +2,30 @@
 
 Analysing libc takes a whole-binary disassembly (about half a second); the
 result only depends on the file's bytes and on the engine's code.  It is kept
-under ``$XDG_CACHE_HOME/ktracecli/analysis/`` (mode 0700), one pickle per
+in the cache folder (:mod:`ktracecli.cachedir`), one pickle per
 (engine, engine version, build-id); a file without a build-id is keyed by its
-path, size and modification time.  A missing, unreadable or stale entry is
-simply recomputed; writes are atomic.
+path, size and modification time.  Each entry holds its key beside the
+analysis and is used only when the key matches; its file name is the engine's
+name and a checksum of the key (a CRC, cheaper to import than hashlib, is
+enough for that).  A missing, unreadable or stale entry is simply recomputed;
+writes are atomic.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import pickle
-import tempfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ktracecli import __version__
+from ktracecli import __version__, cachedir
 from ktracecli.elf.ident import ElfIdent, read_ident
 from ktracecli.interface import Analysis, Engine
 
 if TYPE_CHECKING:
     from ktracecli.elf.image import ElfImage
-
-CACHE_ENV = "KTRACECLI_CACHE_DIR"
-
-
-def cache_dir() -> Path | None:
-    """Where analyses are kept (``KTRACECLI_CACHE_DIR`` overrides; empty disables: None)."""
-    explicit = os.environ.get(CACHE_ENV)
-    if explicit is not None:
-        return Path(explicit) if explicit else None
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "ktracecli" / "analysis"
 
 
 def _engine_version(engine: Engine) -> str:
@@ -48,12 +39,16 @@ def _engine_version(engine: Engine) -> str:
 
 
 def _key(engine: Engine, image: "ElfImage | ElfIdent") -> str:
+    """What the analysis of ``image`` by ``engine`` depends on."""
     ident = image.build_id
     if not ident:
         st = os.stat(image.path)
         ident = f"{os.path.realpath(image.path)}|{st.st_size}|{st.st_mtime_ns}"
-    digest = hashlib.sha256(f"{_engine_version(engine)}|{ident}".encode()).hexdigest()[:32]
-    return f"{engine.name}-{digest}.pickle"
+    return f"{_engine_version(engine)}|{ident}"
+
+
+def _entry_name(engine: Engine, key: str) -> str:
+    return f"{engine.name}-{zlib.crc32(key.encode()):08x}.pickle"
 
 
 def analyze(engine: Engine, image: "ElfImage") -> Analysis:
@@ -79,28 +74,27 @@ def analyze_path(engine: Engine, path: str) -> tuple[ElfIdent, Analysis]:
 
 
 def _load(engine: Engine, image: "ElfImage | ElfIdent") -> Analysis | None:
-    folder = cache_dir()
-    if folder is None:
+    if cachedir.cache_dir() is None:
         return None
     try:
-        with open(folder / _key(engine, image), "rb") as f:
-            cached = pickle.load(f)
-        if isinstance(cached, Analysis):
-            return cached
-    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError):
-        pass
-    return None
+        key = _key(engine, image)
+    except OSError:
+        return None
+    data = cachedir.read(_entry_name(engine, key))
+    if data is None:
+        return None
+    try:
+        stored_key, cached = pickle.loads(data)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, TypeError, ValueError):
+        return None
+    return cached if stored_key == key and isinstance(cached, Analysis) else None
 
 
 def _store(engine: Engine, image: "ElfImage", analysis: Analysis) -> None:
-    folder = cache_dir()
-    if folder is None:
+    if cachedir.cache_dir() is None:
         return
     try:
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(analysis, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, folder / _key(engine, image))
+        key = _key(engine, image)
     except OSError:
-        pass  # a read-only or full cache only costs time
+        return
+    cachedir.write(_entry_name(engine, key), pickle.dumps((key, analysis), protocol=pickle.HIGHEST_PROTOCOL))

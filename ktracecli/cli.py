@@ -4,15 +4,19 @@ This module only turns arguments into typed settings and prints results.  The
 heavy modules (catalog, session, datadir, and through them capstone, keystone,
 pyelftools and ptrace) are imported inside the commands that need them.
 
-Errors: :func:`main` is the one boundary.  A :class:`KtraceError` becomes one
+Errors: :func:`main` runs the app inside the one boundary
+(:func:`ktracecli.console.one_line_errors`).  A :class:`KtraceError` becomes one
 ``ktracecli: <message>`` line on stderr and its exit code; usage errors found by
 the argument parser keep their usual message and exit code 2; anything else is
 a bug and keeps its traceback.
+
+The ``ktracecli`` program starts in :mod:`ktracecli.entry`, which runs a plain
+``available`` command line without this module (Typer costs more than that
+command) and hands every other one to :func:`main`.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,15 +24,15 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from ktracecli import available as available_command
 from ktracecli import config, filters
-from ktracecli.errors import KtraceError, UsageError
+from ktracecli.console import one_line_errors, stdout_closed
+from ktracecli.errors import UsageError
 from ktracecli.registry import build_registry
 
 if TYPE_CHECKING:
     from ktracecli.session import RecordResult
 
-#: exit status of a command whose standard output was closed early (128 + SIGPIPE), like cat's
-EXIT_BROKEN_PIPE = 141
 ALL_FUNCTIONS_ENABLED = "#### all functions enabled ####"
 
 app = typer.Typer(
@@ -274,25 +278,7 @@ def available(
     Without --mod the program's own functions are listed; with it, those of its
     matching libraries, each name followed by its library's name in brackets.
     """
-    from ktracecli import catalog
-
-    settings = config.load(_config_path(ctx))
-    modules = catalog.available(program, build_registry().engine(settings.engine), mod)
-    traceable = refused = 0
-    for module in modules:
-        suffix = "" if mod is None else f" [{module.name}]"
-        traceable += len(module.analysis.sites)
-        refused += len(module.analysis.refusals)
-        if rejected:
-            lines = [f"{r.name}{suffix}\t{r.reason}"
-                     for r in sorted(module.analysis.refusals, key=lambda r: r.vaddr)]
-        else:
-            lines = [f"{s.name}{suffix}" for s in sorted(module.analysis.sites, key=lambda s: s.vaddr)]
-        if lines:
-            _write_stdout("\n".join(lines) + "\n")
-    total = traceable + refused
-    share = f" ({100 * traceable / total:.1f}% traceable)" if total else ""
-    typer.echo(f"{traceable} functions traceable, {refused} refused{share}", err=True)
+    available_command.list_functions(_config_path(ctx), program, rejected, mod, build_registry)
 
 
 # --- record and show ------------------------------------------------------------------------
@@ -417,36 +403,13 @@ def show(
         tracer_.show(data, sys.stdout, ShowSettings(shown, per_thread))
         sys.stdout.flush()
     except BrokenPipeError:
-        _stdout_closed()
-
-
-def _write_stdout(text: str) -> None:
-    """Write to stdout; a reader that went away (``| head``) ends the command quietly."""
-    try:
-        sys.stdout.write(text)
-    except BrokenPipeError:
-        _stdout_closed()
-
-
-def _stdout_closed() -> None:
-    """Stop quietly after the reader of stdout went away, as cat does on SIGPIPE."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
-    raise typer.Exit(EXIT_BROKEN_PIPE)
+        stdout_closed()
 
 
 # --- entry point ----------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the command line; the one place where a :class:`KtraceError` becomes a message."""
-    try:
+    """Run the command line through the Typer app, inside the one error boundary."""
+    with one_line_errors():
         app(args=None if argv is None else list(argv), prog_name="ktracecli")
-    except KtraceError as exc:
-        sys.stdout.flush()
-        print(f"ktracecli: {exc}", file=sys.stderr)
-        raise SystemExit(exc.exit_code) from None

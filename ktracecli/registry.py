@@ -2,7 +2,10 @@
 
 Nothing is loaded at import time: :func:`get_plugin_manager` builds a fresh
 manager, loads the ``ktracecli`` entry points and checks that every hook a
-plugin implements is a known one (``check_pending``).
+plugin implements is a known one (``check_pending``).  The entry points are
+found through :mod:`ktracecli.entrypoints` (importlib.metadata, remembered
+between runs) and loaded by the rules of pluggy's
+``load_setuptools_entrypoints``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pluggy
 
-from ktracecli import hookspecs
+from ktracecli import entrypoints, hookspecs
 from ktracecli.errors import UsageError
 from ktracecli.interface import Engine, Tracer
 
@@ -53,7 +56,9 @@ def get_plugin_manager(load_entrypoints: bool = True) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     if load_entrypoints:
-        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+        for ep in entrypoints.entry_points(hookspecs.PROJECT):
+            if not (pm.has_plugin(ep.name) or pm.is_blocked(ep.name)):
+                pm.register(ep.load(), name=ep.name)
     pm.check_pending()
     return pm
 

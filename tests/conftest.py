@@ -16,7 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import pytest
 
@@ -240,6 +240,19 @@ class Ktrace:
 def analysis_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One analysis cache for the whole test session (libc is analysed once, not per test)."""
     return tmp_path_factory.mktemp("analysis-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(analysis_cache_dir: Path) -> Iterator[None]:
+    """The session's cache for everything else too (in-process registries, commands run without
+    the ``ktrace`` fixture): never the user's own ~/.cache."""
+    before = os.environ.get("KTRACECLI_CACHE_DIR")
+    os.environ["KTRACECLI_CACHE_DIR"] = str(analysis_cache_dir)
+    yield
+    if before is None:
+        del os.environ["KTRACECLI_CACHE_DIR"]
+    else:
+        os.environ["KTRACECLI_CACHE_DIR"] = before
 
 
 @pytest.fixture

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import re
-from conftest import VARIANTS, Builder, Ktrace
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import RUN_TIMEOUT, VARIANTS, Builder, Ktrace
 
 OUR_FUNCTIONS = {"leaf_a", "leaf_b", "mid", "top", "fib", "main"}
 AVAILABLE_LINE = re.compile(r"^\S+( \[\S+\])?$")
@@ -63,3 +68,36 @@ def test_available_counts_each_refusal(builder: Builder, ktrace: Ktrace) -> None
     rejected = ktrace.ok("available", exe, "--rejected").stdout.splitlines()
     names = [line.split("\t")[0] for line in rejected]
     assert names.count("tiny") == 1 and names.count("loopy") == 1, rejected
+
+
+#: the Typer app alone, without the fast lane of ktracecli.entry
+THROUGH_TYPER = "import sys; from ktracecli.cli import main; main(sys.argv[1:])"
+
+
+@pytest.mark.parametrize("args", [
+    ["--mod", "libc.so.6", "/bin/true"],
+    ["/bin/true", "--rejected", "--mod=libc.so*"],
+    ["true"],
+    ["--mod", "no-such-lib*", "/bin/true"],
+    ["/no/such/program"],
+    ["/etc/passwd"],
+], ids=["mod", "rejected", "path-lookup", "no-match", "missing", "not-elf"])
+@pytest.mark.parametrize("config", ["none", "mcount", "corrupt", "unknown-engine"])
+def test_available_fast_lane_answers_as_typer_does(ktrace: Ktrace, tmp_path: Path, args: list[str],
+                                                   config: str) -> None:
+    """``python -m ktracecli available ...`` skips Typer: same output, errors and status as through it."""
+    cfg = tmp_path / "config.toml"
+    contents = {"none": None, "mcount": 'engine = "mcount"\n', "corrupt": 'engine = \n',
+                "unknown-engine": 'engine = "bogus"\n'}[config]
+    if contents is not None:
+        cfg.write_text(contents)
+    argv = ["--config", str(cfg), "available", *args]
+    fast = subprocess.run([sys.executable, "-X", "importtime", "-m", "ktracecli", *argv], capture_output=True,
+                          text=True, env=ktrace.env, cwd=ktrace.cwd, timeout=RUN_TIMEOUT)
+    typer = subprocess.run([sys.executable, "-c", THROUGH_TYPER, *argv], capture_output=True, text=True,
+                           env=ktrace.env, cwd=ktrace.cwd, timeout=RUN_TIMEOUT)
+    imported = {line.rpartition("|")[2].strip() for line in fast.stderr.splitlines() if line.startswith("import time:")}
+    fast_err = "".join(line + "\n" for line in fast.stderr.splitlines() if not line.startswith("import time:"))
+    assert "typer" not in imported and "click" not in imported
+    assert (fast.returncode, fast.stdout, fast_err) == (typer.returncode, typer.stdout, typer.stderr)
+    assert "Traceback" not in typer.stderr and typer.stderr.count("\n") == 1, typer.stderr

@@ -21,7 +21,7 @@ import pytest
 from ktracecli.options import TraceOptions
 
 import ktracecli
-from ktracecli import cli, config, nop
+from ktracecli import cli, config, console, nop
 from ktracecli.hookspecs import hookimpl
 from ktracecli.model import Refusal
 from ktracecli.registry import Registry, build_registry, get_plugin_manager
@@ -480,7 +480,7 @@ def test_show_stops_quietly_when_the_reader_goes_away(run: Any, monkeypatch: pyt
 
     monkeypatch.setattr(nop.NopTracer, "show", closed_pipe)
     result = run("show")
-    assert (result.code, result.err) == (cli.EXIT_BROKEN_PIPE, "")
+    assert (result.code, result.err) == (console.EXIT_BROKEN_PIPE, "")
 
 
 def test_nop_tracer_registers_through_its_entry_point() -> None:

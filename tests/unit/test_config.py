@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,6 +113,59 @@ def test_bad_file_is_one_line_config_error(path: Path, text: str, message: str) 
         config.load(path)
     assert "\n" not in str(info.value)
     assert str(path) in str(info.value)
+
+
+HAND_WRITTEN = """\
+# ktracecli settings
+engine = 'mcount'            # literal string
+"tracer" = "function_graph"
+buffer_size_kb = 1_024
+max_graph_depth = 0x10
+
+[ktrace]
+filter = [
+    "main",   # the program
+    'malloc:mod:libc.so.6',
+]
+
+[options]
+funcgraph-proc = true
+"""
+
+
+def test_load_reads_what_the_writer_reads(path: Path) -> None:
+    """load() (tomllib where there is one) and save()/update() (tomlkit) agree on a hand-written file."""
+    import tomlkit
+
+    path.parent.mkdir(parents=True)
+    path.write_text(HAND_WRITTEN)
+    loaded = config.load(path)
+    assert loaded == config._to_config(path, tomlkit.parse(HAND_WRITTEN).unwrap())
+    assert (loaded.engine, loaded.buffer_size_kb, loaded.max_graph_depth) == ("mcount", 1024, 16)
+    assert loaded.filters == ("main", "malloc:mod:libc.so.6")
+
+
+@pytest.mark.parametrize("text", ['engine = \n', 'engine = "ktrace"\nengine = "mcount"\n', '[ktrace\n',
+                                  'filter = ["a",, "b"]\n', 'tracer = "nop" x\n'])
+def test_load_words_a_parse_error_as_the_writer_does(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(ConfigError) as loading:
+        config.load(path)
+    with pytest.raises(ConfigError) as saving:
+        config.save(path, Config())
+    assert str(loading.value) == str(saving.value)
+    assert str(loading.value).startswith(f"corrupt config file {path}: line ")
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is in the standard library from 3.11")
+def test_load_does_without_tomlkit(path: Path) -> None:
+    path.parent.mkdir(parents=True)
+    path.write_text(HAND_WRITTEN)
+    code = (f"import sys; from pathlib import Path; from ktracecli import config; "
+            f"config.load(Path({str(path)!r})); print('tomlkit' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "False\n"
 
 
 def test_not_utf8_is_a_config_error(path: Path) -> None:

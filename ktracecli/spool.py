@@ -11,10 +11,14 @@ allocation, writeback).  So draining only copies records into staging buffers
 Buffers come from a pool that grows on demand up to ``limit`` bytes; when it is
 exhausted, :meth:`Spool.put` waits for the writer (the rings then fill, and what
 does not fit is dropped and counted by the producers, never lost silently).
+Only the consumer thread and the constructor map buffers: a writer thread at
+idle priority mapping memory would hold the process's memory-map lock while
+it waits for a CPU, and the consumer's own mapping would wait behind it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import queue
@@ -30,7 +34,7 @@ from ktracecli.errors import DataError
 CHUNK = 8 << 20
 #: default most memory held by staged data (a second of 50 million 16-byte events)
 DEFAULT_LIMIT = 1 << 30
-#: buffers the writer thread keeps allocated and ready for the consumer
+#: buffers allocated up front (the pool grows past them only while the writer lags)
 SPARES = 8
 #: the writer thread's nice value: behind the consumer thread when both want the CPU
 WRITER_NICE = 10
@@ -44,10 +48,24 @@ class Sink(Protocol):
         ...
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+MAP_FAILED = 2**64 - 1
+
+
 def _new_buffer() -> np.ndarray:
-    """A staging buffer faulted in by the kernel in one go (MAP_POPULATE), not page by page under a memcpy."""
-    memory = mmap.mmap(-1, CHUNK, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0))
-    return np.frombuffer(memory, dtype=np.uint8)
+    """A staging buffer faulted in by the kernel in one go (MAP_POPULATE), not page by page under a memcpy.
+
+    mmap is called through ctypes, which lets go of the GIL meanwhile: Python's
+    own mmap.mmap holds it, and faulting in 8 MiB here takes milliseconds the
+    consumer thread needs.  The pool keeps its buffers until :meth:`Spool.close`.
+    """
+    addr = _libc.mmap(None, CHUNK, mmap.PROT_READ | mmap.PROT_WRITE,
+                      mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0), -1, 0)
+    if addr is None or addr == MAP_FAILED:
+        raise MemoryError(f"cannot map {CHUNK} bytes of staging memory: {os.strerror(ctypes.get_errno())}")
+    return np.ctypeslib.as_array((ctypes.c_uint8 * CHUNK).from_address(addr))
 
 
 @dataclass
@@ -70,6 +88,9 @@ class Spool:
         self._queue: queue.SimpleQueue[_Buffer | None] = queue.SimpleQueue()
         self._error: OSError | None = None
         self._open: _Buffer | None = None  # the buffer being filled (consumer thread only)
+        for _ in range(min(SPARES, self.limit // CHUNK)):
+            self._allocated += CHUNK
+            self._free.append(_new_buffer())
         self._thread = threading.Thread(target=self._run, name="ktracecli-writer", daemon=True)
         self._thread.start()
 
@@ -102,6 +123,9 @@ class Spool:
         self.flush()
         self._queue.put(None)
         self._thread.join()
+        for data in self._free:
+            _libc.munmap(ctypes.c_void_p(data.ctypes.data), ctypes.c_size_t(CHUNK))
+        self._free.clear()
         if self._error is not None:
             raise DataError(f"cannot write the trace: {self._error.strerror or self._error}")
 
@@ -119,15 +143,6 @@ class Spool:
             self._allocated += CHUNK
         return _new_buffer()
 
-    def _top_up(self) -> None:
-        """Keep :data:`SPARES` buffers ready, so that the consumer seldom allocates one itself."""
-        while True:
-            with self._pool_lock:
-                if len(self._free) >= SPARES or self._allocated + CHUNK > self.limit:
-                    return
-                self._allocated += CHUNK
-            self._give_back(_new_buffer())
-
     def _give_back(self, data: np.ndarray) -> None:
         with self._pool_lock:
             self._free.append(data)
@@ -142,7 +157,6 @@ class Spool:
             except OSError:
                 pass
         while True:
-            self._top_up()
             buf = self._queue.get()
             if buf is None:
                 return

@@ -49,6 +49,7 @@ def handler_source(layout: RuntimeLayout) -> str:
 .Lreserve:
     mov rdx, rax
     sub rdx, qword ptr [rsi+64]
+    js .Lslot
     cmp rdx, qword ptr [rsi+56]
     jae .Ldrop
     lea rdx, [rax+1]

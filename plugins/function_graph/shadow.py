@@ -130,13 +130,16 @@ def reserve_asm(p: str, index: str) -> str:
     """Reserve the next record of the ring of the slot at rsi: its index in ``index``, or -1.
 
     A full ring counts the record as lost instead (-1).  The reservation is
-    one non-locked cmpxchg on head.  Clobbers rax and the flags.
+    one non-locked cmpxchg on head.  A head read before a signal handler's
+    records were made and consumed is behind tail: it is read again (it is
+    no full ring).  Clobbers rax and the flags.
     """
     return f"""
 .L{p}reserve:
     mov rax, qword ptr [rsi+32]
     mov {index}, rax
     sub {index}, qword ptr [rsi+64]
+    js .L{p}reserve
     cmp {index}, qword ptr [rsi+56]
     jae .L{p}drop
     lea {index}, [rax+1]

@@ -228,6 +228,21 @@ def _jumps(exe: Path, func: str) -> set[str]:
     return set(re.findall(r"\bjmp\s+[0-9a-f]+ <([^>+]+)>", body))
 
 
+@pytest.mark.parametrize(("engine", "variant"), BUILDS, ids=BUILD_IDS)
+def test_stack_arguments(builder: Builder, ktrace: Ktrace, tmp_path: Path, engine: str,
+                         variant: Variant) -> None:
+    """Stack arguments, a struct by value, varargs and double results, each through a hooked return.
+
+    The return is hooked by calling the rest of the function from its stub: the
+    arguments must still be found above the return address.  A shifted stack
+    changes the printed result (and the exit status) that graph_record compares.
+    """
+    exe = builder.build("graph_args", variant)
+    run = graph_record(ktrace, tmp_path, engine, [exe, "37"], ["main", "many", "by_value", "sum_va", "scale"])
+    assert run.untraced.returncode != 0, "the exit status carries the result: it must not be 0 here"
+    assert_counts(run, ["many", "by_value", "sum_va", "scale"])
+
+
 @pytest.mark.parametrize(("engine", "variant"), [("ktrace", O2), ("mcount", FENTRY)],
                          ids=["ktrace-O2", "mcount-fentry-O2"])
 def test_tail_calls(builder: Builder, ktrace: Ktrace, tmp_path: Path, engine: str,

@@ -22,6 +22,7 @@ temporary left by a ktracecli that was killed is removed by the next one.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -33,7 +34,7 @@ import numpy as np
 
 from ktracecli.errors import DataError, UsageError
 from ktracecli.process.pids import alive
-from ktracecli.spool import Spool
+from ktracecli.spool import Spool, map_pages, unmap_pages
 
 FORMAT_VERSION = 1
 #: event files grow by reserving this much disk at a time (posix_fallocate): block
@@ -45,6 +46,13 @@ PREALLOCATE = 64 << 20
 #: against 0.2 s/GB in 256 KiB writes, and the kernel (no preemption) holds the CPU for a
 #: whole write call, 20-40 ms for 8 MiB, while the consumer thread waits to drain the rings
 WRITE_PIECE = 256 << 10
+#: event files are written with O_DIRECT where the file system allows it, in whole chunks
+#: of an aligned buffer of this size: no page cache to fill (on this VM every new page of
+#: memory costs about 2 us, so page-cache writes of a burst ran at 0.4-1 GB/s, while
+#: direct writes ran at 1.7 GB/s in 1 MiB pieces and leave the CPU to the consumer)
+DIRECT_CHUNK = 1 << 20
+#: direct writes are whole blocks; the last, padded one is cut back by ftruncate
+DIRECT_BLOCK = 4096
 
 
 @dataclass
@@ -55,10 +63,15 @@ class _ThreadFile:
     space: int
     name: str
     handle: BinaryIO
+    #: the file was opened with O_DIRECT: writes go through ``chunk``
+    direct: bool = False
     records: int = 0
     lost: list[tuple[int, int]] = field(default_factory=list)
     nbytes: int = 0
     reserved: int = 0
+    #: the aligned buffer of direct writes and the bytes in it not written yet
+    chunk: np.ndarray | None = None
+    pending: int = 0
 
     def write_now(self, data: memoryview) -> None:
         """Write ``data`` at the end, reserving disk blocks ahead of it in big steps (writer thread)."""
@@ -70,6 +83,48 @@ class _ThreadFile:
                 self.reserved += step
             except OSError:
                 self.reserved = -1  # no reservation (file system without it, or full): plain writes
+        if self.direct:
+            self._through_chunk(np.frombuffer(data, dtype=np.uint8))
+        else:
+            self._write(data)
+        self.nbytes = end
+
+    def _through_chunk(self, src: np.ndarray) -> None:
+        if self.chunk is None:
+            self.chunk = map_pages(DIRECT_CHUNK)
+        while len(src) and self.direct:
+            n = min(len(src), DIRECT_CHUNK - self.pending)
+            self.chunk[self.pending:self.pending + n] = src[:n]
+            self.pending += n
+            src = src[n:]
+            if self.pending == DIRECT_CHUNK:
+                self._write_chunk(DIRECT_CHUNK)
+                self.pending = 0
+        if len(src):
+            self._write(src.data)  # direct writes were given up on the way
+
+    def _write_chunk(self, size: int) -> None:
+        """Write the first ``size`` bytes of the chunk (a multiple of the block size), directly.
+
+        A file system that took O_DIRECT at open but refuses a direct write (or
+        writes part of it) gets plain writes from then on.
+        """
+        assert self.chunk is not None
+        view = self.chunk.data[:size]
+        done = 0
+        if self.direct:
+            try:
+                done = self.handle.write(view) or 0
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+            if done != size:
+                fd = self.handle.fileno()
+                fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                self.direct = False
+        self._write(view[done:])
+
+    def _write(self, data: memoryview) -> None:
         for lo in range(0, data.nbytes, WRITE_PIECE):
             piece = data[lo:lo + WRITE_PIECE]
             while piece.nbytes:
@@ -77,13 +132,34 @@ class _ThreadFile:
                 if not written:
                     raise OSError(errno.EIO, "the file system wrote nothing")
                 piece = piece[written:]
-        self.nbytes = end
 
     def close(self) -> None:
-        """Close the file, giving back the blocks reserved past its end."""
-        if self.reserved > self.nbytes:
-            os.ftruncate(self.handle.fileno(), self.nbytes)
-        self.handle.close()
+        """Write what the chunk holds, close the file, give back the blocks reserved past its end."""
+        try:
+            padded = self.pending > 0
+            if padded:
+                self._write_chunk(-(-self.pending // DIRECT_BLOCK) * DIRECT_BLOCK)
+                self.pending = 0
+            if self.reserved > self.nbytes or padded:
+                os.ftruncate(self.handle.fileno(), self.nbytes)
+        finally:
+            if self.chunk is not None:
+                unmap_pages(self.chunk)
+                self.chunk = None
+            self.handle.close()
+
+
+def _open_events(path: Path) -> tuple[BinaryIO, bool]:
+    """The events file, opened for direct writes if its file system takes them."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    direct = getattr(os, "O_DIRECT", 0)
+    if direct:
+        try:
+            return open(os.open(path, flags | direct, 0o666), "wb", buffering=0), True
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+    return open(os.open(path, flags, 0o666), "wb", buffering=0), False
 
 
 def _remove_stale_partials(target: Path) -> None:
@@ -126,7 +202,8 @@ class DataWriter:
         stream = self._threads.get(key)
         if stream is None:
             name = f"events/{pid}-{tid}.bin" if not space else f"events/{pid}-{tid}-s{space}.bin"
-            stream = _ThreadFile(pid, tid, comm, space, name, open(self.tmp / name, "wb", buffering=0))
+            handle, direct = _open_events(self.tmp / name)
+            stream = _ThreadFile(pid, tid, comm, space, name, handle, direct)
             self._threads[key] = stream
         return stream
 

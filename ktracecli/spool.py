@@ -51,21 +51,27 @@ class Sink(Protocol):
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 MAP_FAILED = 2**64 - 1
 
 
-def _new_buffer() -> np.ndarray:
-    """A staging buffer faulted in by the kernel in one go (MAP_POPULATE), not page by page under a memcpy.
+def map_pages(size: int) -> np.ndarray:
+    """``size`` bytes of page-aligned memory faulted in by the kernel in one go (MAP_POPULATE).
 
     mmap is called through ctypes, which lets go of the GIL meanwhile: Python's
-    own mmap.mmap holds it, and faulting in 8 MiB here takes milliseconds the
-    consumer thread needs.  The pool keeps its buffers until :meth:`Spool.close`.
+    own mmap.mmap holds it, and faulting in megabytes takes milliseconds the
+    consumer thread needs.  Give it back with :func:`unmap_pages`.
     """
-    addr = _libc.mmap(None, CHUNK, mmap.PROT_READ | mmap.PROT_WRITE,
+    addr = _libc.mmap(None, size, mmap.PROT_READ | mmap.PROT_WRITE,
                       mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0), -1, 0)
     if addr is None or addr == MAP_FAILED:
-        raise MemoryError(f"cannot map {CHUNK} bytes of staging memory: {os.strerror(ctypes.get_errno())}")
-    return np.ctypeslib.as_array((ctypes.c_uint8 * CHUNK).from_address(addr))
+        raise MemoryError(f"cannot map {size} bytes of staging memory: {os.strerror(ctypes.get_errno())}")
+    return np.ctypeslib.as_array((ctypes.c_uint8 * size).from_address(addr))
+
+
+def unmap_pages(data: np.ndarray) -> None:
+    """Give back memory from :func:`map_pages` (nothing may use ``data`` afterwards)."""
+    _libc.munmap(ctypes.c_void_p(data.ctypes.data), ctypes.c_size_t(data.nbytes))
 
 
 @dataclass
@@ -90,7 +96,7 @@ class Spool:
         self._open: _Buffer | None = None  # the buffer being filled (consumer thread only)
         for _ in range(min(SPARES, self.limit // CHUNK)):
             self._allocated += CHUNK
-            self._free.append(_new_buffer())
+            self._free.append(map_pages(CHUNK))
         self._thread = threading.Thread(target=self._run, name="ktracecli-writer", daemon=True)
         self._thread.start()
 
@@ -124,7 +130,7 @@ class Spool:
         self._queue.put(None)
         self._thread.join()
         for data in self._free:
-            _libc.munmap(ctypes.c_void_p(data.ctypes.data), ctypes.c_size_t(CHUNK))
+            unmap_pages(data)
         self._free.clear()
         if self._error is not None:
             raise DataError(f"cannot write the trace: {self._error.strerror or self._error}")
@@ -141,7 +147,7 @@ class Spool:
             if self._free:
                 return self._free.pop()
             self._allocated += CHUNK
-        return _new_buffer()
+        return map_pages(CHUNK)
 
     def _give_back(self, data: np.ndarray) -> None:
         with self._pool_lock:

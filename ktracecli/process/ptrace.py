@@ -110,7 +110,11 @@ def listen(tid: int) -> None:
 
 
 def singlestep(tid: int, sig: int = 0) -> None:
-    """Resume a stopped thread for one instruction (PTRACE_SINGLESTEP)."""
+    """Resume a stopped thread for one instruction (PTRACE_SINGLESTEP).
+
+    Used only to move a thread out of a window being patched: a one-off trap while
+    patching, never one per traced call.
+    """
     _call(PTRACE_SINGLESTEP, tid, 0, sig)
 
 

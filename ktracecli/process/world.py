@@ -251,6 +251,8 @@ class World:
     def step_out(self, thread: Thread, windows: list[tuple[int, int]], steps: int = 64) -> bool:
         """Single-step a held thread until it will resume in none of ``windows`` (lo < rip < hi).
 
+        A one-off while patching (the thread is stopped anyway), never a trap per traced call.
+
         A thread held inside a blocking system call resumes at its ``syscall``
         instruction (rip - 2: the kernel restarts the call); it cannot be stepped
         out, it has to be left alone until it returns.  False if the thread is

@@ -52,6 +52,9 @@ from ktracecli.runtime.layout import RuntimeLayout
 if TYPE_CHECKING:
     from ktracecli.arch.x86_64 import X86
 
+#: int3, filling the gaps between stubs: padding that no jump reaches, so never executed
+#: (no trap runs on the traced program's path)
+GAP_FILL = b"\xcc"
 HANDLER_RESERVE = 1024  # bytes kept for the handler at the start of each region
 MAP_NORESERVE = 0x4000
 #: where a tracer's runtime is assembled once to learn its size (any canonical address will do)
@@ -242,7 +245,7 @@ class Installer:
         for site, size in zip(sites, sizes):
             stub, patch = hooks.build(self.x86, site, module.bias, region.addr + len(code),
                                       self.routines[site.symbol])
-            code += stub.ljust(size, b"\xcc")
+            code += stub.ljust(size, GAP_FILL)
             patches.append(patch)
         self.tracee.write(region.addr, bytes(code))
         applied = self.apply(patches)
@@ -314,7 +317,7 @@ class Installer:
             if len(stub) > bound:
                 raise PatchError(f"stub for {site.name} is {len(stub)} bytes, {bound} were reserved")
             self.installed.detours[index] = (at, _aligned(len(stub)))
-            code += stub.ljust(_aligned(len(stub)), b"\xcc")
+            code += stub.ljust(_aligned(len(stub)), GAP_FILL)
             patches.append((index, patch))
             at = start + len(code)
         self.tracee.write(start, bytes(code))

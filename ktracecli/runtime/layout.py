@@ -218,6 +218,36 @@ def timestamp_asm() -> str:
     return "rdtscp"
 
 
+def reserve_asm(p: str, index: str, dropped: str | None = None) -> str:
+    """Reserve the next record of the ring of the slot at rsi: its index in ``index``.
+
+    A full ring counts the record as lost instead and leaves -1 in ``index``
+    (or jumps to ``dropped`` when given).  The reservation is one non-locked
+    cmpxchg on head.  A head read before a signal handler's records were made
+    and consumed is behind tail: it is read again (it is no full ring).
+    ``index`` must not be rax.  Clobbers rax and the flags.
+    """
+    on_drop = f"jmp {dropped}" if dropped else f"mov {index}, -1"
+    return f"""
+.L{p}reserve:
+    mov rax, qword ptr [rsi+32]
+    mov {index}, rax
+    sub {index}, qword ptr [rsi+64]
+    js .L{p}reserve
+    cmp {index}, qword ptr [rsi+56]
+    jae .L{p}drop
+    lea {index}, [rax+1]
+    cmpxchg qword ptr [rsi+32], {index}
+    jne .L{p}reserve
+    mov {index}, rax
+    jmp .L{p}reserved
+.L{p}drop:
+    add qword ptr [rsi+40], 1
+    mov qword ptr [rsi+48], rax
+    {on_drop}
+.L{p}reserved:"""
+
+
 def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str, claimed: str | None = None,
                     prefix: str = "") -> str:
     """Assembly that leaves this thread's slot in rsi, claiming one on first use.

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ktracecli.arch.x86_64.handler_call import ON
-from ktracecli.runtime.layout import RuntimeLayout, slot_lookup_asm, timestamp_asm
+from ktracecli.runtime.layout import RuntimeLayout, reserve_asm, slot_lookup_asm, timestamp_asm
 
 RECORD_DTYPE = np.dtype([("tsc", "<u8"), ("parent", "<u8"), ("site", "<u4"), ("commit", "<u4")])
 assert RECORD_DTYPE.itemsize == 24
@@ -45,17 +45,9 @@ def handler_source(layout: RuntimeLayout) -> str:
     push rdi
     {slot_lookup_asm(layout, found=".Lslot", full=".Lout")}
 .Lslot:
-    mov rax, qword ptr [rsi+32]
-.Lreserve:
-    mov rdx, rax
-    sub rdx, qword ptr [rsi+64]
-    js .Lslot
-    cmp rdx, qword ptr [rsi+56]
-    jae .Ldrop
-    lea rdx, [rax+1]
-    cmpxchg qword ptr [rsi+32], rdx
-    jne .Lreserve
-    lea edi, [rax+1]
+    {reserve_asm("r", "rdx", dropped=".Lout")}
+    lea edi, [rdx+1]
+    mov rax, rdx
     and rax, qword ptr [rsi+24]
     lea rax, [rax+rax*2]
     shl rax, 3
@@ -86,8 +78,4 @@ def handler_source(layout: RuntimeLayout) -> str:
     sahf
     pop rax
     ret 8
-.Ldrop:
-    add qword ptr [rsi+40], 1
-    mov qword ptr [rsi+48], rax
-    jmp .Lout
 """

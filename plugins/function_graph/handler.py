@@ -38,26 +38,25 @@ Other paths:
 from __future__ import annotations
 
 from ktracecli.arch.x86_64.handler_call import BY_CALL, ON, RETURN_POINT
-from ktracecli.runtime.layout import CTRL_MAX_GRAPH_DEPTH, CTRL_TRACING_THRESH, RuntimeLayout, slot_lookup_asm, timestamp_asm
+from ktracecli.runtime.layout import CTRL_MAX_GRAPH_DEPTH, CTRL_TRACING_THRESH, RuntimeLayout, timestamp_asm
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 from ktracecli_function_graph.shadow import (
     CALL_RETURN,
     CAPACITY,
+    ENTRY_SHIFT,
     E_HOOK,
     E_ORIG,
     E_SITE,
     E_SLOT,
     E_TSC,
-    ENTRY_SHIFT,
-    H_TOP,
     H_UNWINDING,
     reserve_asm,
     restore_asm,
     save_asm,
     saved_bytes,
-    shadow_asm,
     store_asm,
+    thread_shadow_asm,
     trampoline_asm,
 )
 
@@ -93,14 +92,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     {save_asm()}
     btr r11, 0
     setc byte ptr [rsp+{BY_CALL_FLAG}]
-    {slot_lookup_asm(layout, found=".Lslot", full=".Lout", claimed=".Lclaimed")}
-.Lclaimed:
-    {shadow_asm(layout)}
-    mov qword ptr [rdi+{H_TOP}], 0
-    mov qword ptr [rdi+{H_UNWINDING}], 0
-    jmp .Lcheck
-.Lslot:
-    {shadow_asm(layout)}
+    {thread_shadow_asm(layout, "h", full=".Lout", on_new=".Lcheck")}
 .Lcheck:
     mov r8, qword ptr [rdi]
     test r8, r8

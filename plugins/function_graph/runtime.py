@@ -4,7 +4,8 @@ Placed once per process at ``layout.runtime``::
 
     +0            .quad resync       the handlers call [runtime+0] (a slow path)
     +8            jmp call_return    returns hooked by a call: the stubs' return point
-                                     jumps to [handler-8], which holds runtime+8
+                                     jumps to [handler-8], which holds runtime+8 (3 bytes
+                                     of int3 after the jmp pad to +16, never executed)
     +16 + 16 * i  slot i's entry     the returns of slot i's thread hooked by rewriting
                                      their slot (-pg sites) land here:
                   48 8d 64 24 f8       lea rsp, [rsp-8]     ; S holds where to go
@@ -82,28 +83,28 @@ hooked: a backtrace taken inside traced frames stops at the first hooked one.
 from __future__ import annotations
 
 from ktracecli.interface import RuntimeCode, RuntimeHook
-from ktracecli.runtime.layout import SLOT_SHIFT, SLOT_SIZE, RuntimeLayout, slot_lookup_asm
+from ktracecli.runtime.layout import SLOT_SHIFT, SLOT_SIZE, RuntimeLayout
 
 from ktracecli_function_graph.records import Kind
 from ktracecli_function_graph.shadow import (
-    CALL_RETURN,
+    ENTRY_SHIFT,
+    ENTRY_SIZE,
     E_HOOK,
     E_ORIG,
     E_SLOT,
-    ENTRY_SHIFT,
-    ENTRY_SIZE,
-    H_TOP,
     H_UNWINDING,
     SAVED,
-    TRAMPOLINE_STUB,
     TRAMPOLINES,
+    TRAMPOLINE_STUB,
     close_top_asm,
     exit_asm,
+    find_slot_asm,
     pop_asm,
     restore_asm,
     save_asm,
     saved_bytes,
     shadow_asm,
+    thread_shadow_asm,
     trampoline_addr,
 )
 
@@ -169,24 +170,12 @@ def trampoline_source(layout: RuntimeLayout) -> str:
     {shadow_asm(layout)}
 .Ltsearch:
     mov r8, qword ptr [rdi]
-    mov rax, r8
-.Ltscan:
-    test rax, rax
-    jz .Ltlost
-    mov rdx, rax
-    shl rdx, {ENTRY_SHIFT}
-    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
-    je .Ltfound
-    dec rax
-    jmp .Ltscan
+    {find_slot_asm("ts", ".Ltfound", ".Ltlost")}
 .Ltfound:
     cmp rax, r8
     jb .Ltclose
 .Ltpop:
-    {pop_asm("tp", ".Ltsearch")}
-    mov qword ptr [r11], rcx
-    mov ecx, eax
-    {exit_asm(layout, "tx", Kind.EXIT)}
+    {pop_exit_asm(layout, "t", ".Ltsearch")}
     mov r8, qword ptr [rdi]
     test r8, r8
     jz .Ltdone
@@ -213,6 +202,20 @@ def trampoline_source(layout: RuntimeLayout) -> str:
 """
 
 
+def pop_exit_asm(layout: RuntimeLayout, p: str, again: str) -> str:
+    """Pop the top entry (its slot is r11), put its return address back in the slot, record its EXIT.
+
+    r8 = top, rdi = shadow stack; a signal handler moving top meanwhile sends
+    control to ``again`` (see :func:`pop_asm`).  Clobbers rax, rcx, rdx, r9,
+    r10, rbx, r12.
+    """
+    return f"""
+    {pop_asm(p + "p", again)}
+    mov qword ptr [r11], rcx
+    mov ecx, eax
+    {exit_asm(layout, p + "x", Kind.EXIT)}"""
+
+
 def call_return_source(layout: RuntimeLayout) -> str:
     """Returns hooked by a call (see the module docstring): entered with rsp = S + 8."""
     table = layout.base + layout.slot_table
@@ -221,33 +224,14 @@ def call_return_source(layout: RuntimeLayout) -> str:
     lea rsp, [rsp-8]
     {save_asm(SAVED_TOO)}
     lea r11, [rsp+{saved_bytes(SAVED_TOO)}]
-    {slot_lookup_asm(layout, found=".Lcslot", full=".Lcother", claimed=".Lcclaimed", prefix="cr")}
-.Lcclaimed:
-    {shadow_asm(layout)}
-    mov qword ptr [rdi+{H_TOP}], 0
-    mov qword ptr [rdi+{H_UNWINDING}], 0
-    jmp .Lcother
-.Lcslot:
-    {shadow_asm(layout)}
+    {thread_shadow_asm(layout, "cr", full=".Lcother", on_new=".Lcother")}
 .Lcsearch:
     mov r8, qword ptr [rdi]
-    mov rax, r8
-.Lcscan:
-    test rax, rax
-    jz .Lcother
-    mov rdx, rax
-    shl rdx, {ENTRY_SHIFT}
-    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
-    je .Lcfound
-    dec rax
-    jmp .Lcscan
+    {find_slot_asm("cs", ".Lcfound", ".Lcother")}
 .Lcfound:
     cmp rax, r8
     jb .Lcclose
-    {pop_asm("cp", ".Lcsearch")}
-    mov qword ptr [r11], rcx
-    mov ecx, eax
-    {exit_asm(layout, "cx", Kind.EXIT)}
+    {pop_exit_asm(layout, "c", ".Lcsearch")}
     {restore_asm(SAVED_TOO)}
     ret
 .Lcclose:
@@ -256,16 +240,8 @@ def call_return_source(layout: RuntimeLayout) -> str:
     movabs rsi, {table:#x}
 .Lcnext:
     {shadow_asm(layout)}
-    mov rax, qword ptr [rdi]
-.Lcentry:
-    test rax, rax
-    jz .Lcmove
-    mov rdx, rax
-    shl rdx, {ENTRY_SHIFT}
-    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
-    je .Lcsearch
-    dec rax
-    jmp .Lcentry
+    mov r8, qword ptr [rdi]
+    {find_slot_asm("co", ".Lcsearch", ".Lcmove")}
 .Lcmove:
     add rsi, {SLOT_SIZE}
     movabs rax, {end:#x}
@@ -363,14 +339,7 @@ def _hook_prologue(layout: RuntimeLayout, p: str) -> str:
     """Save everything, then rsi = slot and rdi = shadow stack; a thread without one goes to .L{p}out."""
     return f"""
     {save_asm(("r11",))}
-    {slot_lookup_asm(layout, found=f".L{p}slot", full=f".L{p}out", claimed=f".L{p}claimed", prefix=p)}
-.L{p}claimed:
-    {shadow_asm(layout)}
-    mov qword ptr [rdi+{H_TOP}], 0
-    mov qword ptr [rdi+{H_UNWINDING}], 0
-    jmp .L{p}out
-.L{p}slot:
-    {shadow_asm(layout)}"""
+    {thread_shadow_asm(layout, p, full=f".L{p}out", on_new=f".L{p}out")}"""
 
 
 def _rewrite_slots(layout: RuntimeLayout, p: str, hook: bool) -> str:

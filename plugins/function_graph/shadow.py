@@ -38,7 +38,14 @@ function (a destructor called by a landing pad) took its place.
 
 from __future__ import annotations
 
-from ktracecli.runtime.layout import CTRL_TRACING_THRESH, SLOT_SIZE, RuntimeLayout, timestamp_asm
+from ktracecli.runtime.layout import (
+    CTRL_TRACING_THRESH,
+    SLOT_SIZE,
+    RuntimeLayout,
+    reserve_asm,
+    slot_lookup_asm,
+    timestamp_asm,
+)
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 
@@ -126,32 +133,43 @@ def shadow_asm(layout: RuntimeLayout) -> str:
     add rdi, rax"""
 
 
-def reserve_asm(p: str, index: str) -> str:
-    """Reserve the next record of the ring of the slot at rsi: its index in ``index``, or -1.
+def thread_shadow_asm(layout: RuntimeLayout, p: str, full: str, on_new: str) -> str:
+    """rsi = this thread's slot and rdi = its shadow stack, found by the thread's fs base.
 
-    A full ring counts the record as lost instead (-1).  The reservation is
-    one non-locked cmpxchg on head.  A head read before a signal handler's
-    records were made and consumed is behind tail: it is read again (it is
-    no full ring).  Clobbers rax and the flags.
+    A slot claimed just now gets an empty shadow stack, then control goes to
+    ``on_new``; with no slot to be had, to ``full``; otherwise it falls
+    through.  ``p`` keeps the labels of several copies apart.  Clobbers rax,
+    rcx, rdx and the flags.
     """
     return f"""
-.L{p}reserve:
-    mov rax, qword ptr [rsi+32]
-    mov {index}, rax
-    sub {index}, qword ptr [rsi+64]
-    js .L{p}reserve
-    cmp {index}, qword ptr [rsi+56]
-    jae .L{p}drop
-    lea {index}, [rax+1]
-    cmpxchg qword ptr [rsi+32], {index}
-    jne .L{p}reserve
-    mov {index}, rax
-    jmp .L{p}reserved
-.L{p}drop:
-    add qword ptr [rsi+40], 1
-    mov qword ptr [rsi+48], rax
-    mov {index}, -1
-.L{p}reserved:"""
+    {slot_lookup_asm(layout, found=f".L{p}slot", full=full, claimed=f".L{p}claimed", prefix=p)}
+.L{p}claimed:
+    {shadow_asm(layout)}
+    mov qword ptr [rdi+{H_TOP}], 0
+    mov qword ptr [rdi+{H_UNWINDING}], 0
+    jmp {on_new}
+.L{p}slot:
+    {shadow_asm(layout)}"""
+
+
+def find_slot_asm(p: str, found: str, missing: str) -> str:
+    """Search the shadow stack at rdi down from r8 (its top) for the entry whose slot is r11.
+
+    Jumps to ``found`` with rax = that entry's index + 1 (r8 for the top
+    entry), or to ``missing`` when no entry has that slot.  Clobbers rax, rdx
+    and the flags.
+    """
+    return f"""
+    mov rax, r8
+.L{p}scan:
+    test rax, rax
+    jz {missing}
+    mov rdx, rax
+    shl rdx, {ENTRY_SHIFT}
+    cmp qword ptr [rdi+rdx+{E_SLOT}], r11
+    je {found}
+    dec rax
+    jmp .L{p}scan"""
 
 
 def store_asm(layout: RuntimeLayout, p: str, index: str, tsc: str, meta: str, tmp: str) -> str:

@@ -73,6 +73,8 @@ class KtraceEngine:
             stub = head + moved.code
             if moved.falls_through:
                 stub += jmp_rel32(stub_addr + len(stub), addr + len(window))
+            # int3 over the displaced bytes after the jump: never executed (the analysis refused
+            # every function with a branch into them), so no trap runs per call
             new = jmp_rel32(addr, stub_addr) + b"\xcc" * (len(window) - 5)
         except RangeError as exc:
             raise PatchError(f"{site.name}: the detour at {stub_addr:#x} is out of reach: {exc}") from None

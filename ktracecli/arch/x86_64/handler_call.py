@@ -55,7 +55,7 @@ def handler_call(stub_addr: int, handler_addr: int, index: int, slot_disp: int, 
     r = stub_addr + len(head) + 5
     head += call_rel32(r - 5, handler_addr) + JMP_R11
     if frame:
-        head += b"\xcc" * (ON - BY_CALL)
+        head += b"\xcc" * (ON - BY_CALL)  # int3 where the call path would be: its handler never goes there
     else:
         cell = handler_addr - 8
         head += (pop_r11() + call_rel32(r + 5, r + CONTINUATION)

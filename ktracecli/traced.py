@@ -34,7 +34,7 @@ from ktracecli.process.remote import (MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PRO
                                       restart_pending)
 from ktracecli.process.tracee import Tracee
 from ktracecli.process.world import StopKind, Thread, World
-from ktracecli.runtime import dlhook
+from ktracecli.runtime import dlhook, threadabi
 from ktracecli.runtime.consumer import Consumer
 from ktracecli.runtime.installer import Installer, LoadedModule
 from ktracecli.runtime.layout import RuntimeLayout
@@ -165,6 +165,8 @@ class TracedProcess:
         finally:
             rings.unlink()
         rings.set_graph_limits(*sh.graph_limits)
+        abi = threadabi.probe(self.modules, self.tracee.read)
+        rings.layout = dataclasses.replace(rings.layout, tcb_self=abi.tcb_self, rseq_cpu=abi.rseq_cpu)
         self.rings = rings
         self.installer = Installer(self.tracee, caller, sh.engine, sh.tracer, rings.layout)
         self.installer.guard = self._guard

@@ -246,6 +246,16 @@ class ElfImage:
             found += [sym for sym in self.functions() if sym.name in present]
         return found
 
+    def exported_object(self, name: str) -> int | None:
+        """The vaddr of the data object ``name`` that .dynsym exports (through its GNU hash), or None."""
+        gnu_hash = self._elf.get_section_by_name(".gnu.hash")
+        if not isinstance(gnu_hash, GNUHashSection):
+            return None
+        sym = gnu_hash.get_symbol(name)
+        if sym is None or sym["st_info"]["type"] != "STT_OBJECT" or sym["st_shndx"] in ("SHN_UNDEF", "SHN_ABS"):
+            return None
+        return int(sym["st_value"])
+
     @cached_property
     def _functions(self) -> tuple[Symbol, ...]:
         seen: dict[tuple[str, int], Symbol] = {}

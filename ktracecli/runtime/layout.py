@@ -19,15 +19,23 @@ A slot (two cache lines: the producer's fields, then the consumer's)::
     +48  drop_pos  u64  value of head at the last drop (producer)
     +56  capacity  u64
     +64  tail      u64  records consumed so far (consumer)
+    +72  depth_max u64  function_graph: the deepest depth whose return is hooked
+                        (max_graph_depth - 1, modulo 2**64: 0 = unlimited)
+    +80  thresh    u64  function_graph: tracing_thresh in TSC ticks (0 = off)
+
+The two function_graph knobs are kept in every slot (ktracecli writes them all)
+so that the tracee's code reads them next to the slot's other fields; the
+control page keeps the values set, for a forked child's file.
 
 A record is complete when its commit word, written last by the producer, holds
 the value its reservation index calls for.  By default the commit word is a
 record's last u32 and must equal the low 32 bits of index + 1; a tracer with
 smaller records may keep a few lap bits instead (see :class:`CommitWord`).
 
-The control page also holds the kernel's two function_graph knobs, read by
-tracers' code in the tracee: ``max_graph_depth`` (0 = unlimited) and
-``tracing_thresh`` (converted from microseconds to TSC ticks; 0 = off).
+The control page also holds the kernel's two function_graph knobs:
+``max_graph_depth`` (0 = unlimited) and ``tracing_thresh`` (converted from
+microseconds to TSC ticks; 0 = off); the tracee's code reads their copies in
+its slot.
 """
 
 from __future__ import annotations
@@ -58,6 +66,9 @@ CTRL_DL_ACK = 44
 #: u64: function_graph's max_graph_depth (0 = unlimited) and tracing_thresh (TSC ticks, 0 = off)
 CTRL_MAX_GRAPH_DEPTH = 48
 CTRL_TRACING_THRESH = 56
+#: offsets in a slot of the function_graph knobs' copies (see the slot layout above)
+SLOT_DEPTH_MAX = 72
+SLOT_THRESH = 80
 
 
 class Slot(ctypes.Structure):
@@ -74,7 +85,9 @@ class Slot(ctypes.Structure):
         ("drop_pos", ctypes.c_uint64),
         ("capacity", ctypes.c_uint64),
         ("tail", ctypes.c_uint64),
-        ("_pad", ctypes.c_uint8 * (SLOT_SIZE - 72)),
+        ("depth_max", ctypes.c_uint64),
+        ("thresh", ctypes.c_uint64),
+        ("_pad", ctypes.c_uint8 * (SLOT_SIZE - 88)),
     ]
 
 
@@ -91,6 +104,10 @@ class RuntimeLayout:
     capacity: int  #: records per ring, a power of two
     runtime: int = 0  #: tracee address of the tracer's per-process runtime code (0: none)
     private: int = 0  #: tracee address of the tracer's per-process private memory (0: none)
+    #: the threads' first TLS word holds their thread pointer (glibc's TCB): a load finds it
+    tcb_self: bool = False
+    #: offset from the thread pointer of the cpu_id glibc's rseq area keeps (0: no rseq area)
+    rseq_cpu: int = 0
 
     @classmethod
     def for_buffer(cls, buffer_size_kb: int, record_size: int, slot_bits: int = DEFAULT_SLOT_BITS) -> "RuntimeLayout":
@@ -205,17 +222,40 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
-def timestamp_asm() -> str:
+def timestamp_asm(cpu_known: bool = False) -> str:
     """Assembly leaving the TSC in edx:eax and TSC_AUX (the CPU number in its low 12 bits) in ecx.
 
     ``rdtsc`` + ``rdpid`` give the same values as ``rdtscp`` for half its cost
     (9.6 ns against 18 ns here: rdtscp waits for earlier instructions); rdtscp
-    is the fallback on CPUs without rdpid.  Keystone does not know rdpid, so
-    it is spelled in bytes: F3 0F C7 /7 with ModRM 0xF9 = rcx.
+    is the fallback on CPUs without rdpid.  ``cpu_known``: the slot lookup gave
+    the CPU number already (see :func:`slot_lookup_asm`), so only ``rdtsc``
+    (leaving ecx alone).
     """
+    if cpu_known:
+        return "rdtsc"
     if "rdpid" in cpu_flags():
-        return "rdtsc\n    .byte 0xf3, 0x0f, 0xc7, 0xf9"
+        return "rdtsc\n    " + rdpid_asm("rcx")
     return "rdtscp"
+
+
+_REGS64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+
+
+def rdpid_asm(reg: str) -> str:
+    """``rdpid reg`` (64-bit ``reg``: TSC_AUX, the CPU number in its low 12 bits).
+
+    Keystone does not know rdpid, so it is spelled in bytes: F3 [REX.B] 0F C7 /7.
+    """
+    n = _REGS64.index(reg)
+    rex = ["0x41"] if n >= 8 else []
+    return ".byte " + ", ".join(["0xf3", *rex, "0x0f", "0xc7", f"{0xF8 | (n & 7):#x}"])
+
+
+def cpu_asm(reg: str) -> str:
+    """The CPU number (TSC_AUX) in the 64-bit ``reg``: rdpid, or rdtscp (clobbering rax, rcx and rdx)."""
+    if "rdpid" in cpu_flags():
+        return rdpid_asm(reg)
+    return "rdtscp" if reg == "rcx" else f"rdtscp\n    mov {reg}, rcx"
 
 
 def reserve_asm(p: str, index: str, dropped: str | None = None) -> str:
@@ -249,42 +289,96 @@ def reserve_asm(p: str, index: str, dropped: str | None = None) -> str:
 
 
 def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str, claimed: str | None = None,
-                    prefix: str = "") -> str:
+                    prefix: str = "", cpu: str | None = None) -> str:
     """Assembly that leaves this thread's slot in rsi, claiming one on first use.
 
     Clobbers rax, rcx, rdx, rdi and flags; preserves r11.  Jumps to ``found`` with
     rsi = slot (to ``claimed``, when given, right after this thread claimed it),
     or to ``full`` when every slot is taken (the event is counted as lost in the
     control page).  ``prefix`` keeps the local labels of several copies apart.
-    The fast path is a hash of the fs base and one compare; the claim (once
-    per thread) uses one lock cmpxchg and one gettid.
+
+    A slot is keyed by its thread's fs base.  The fast path is a hash of the key
+    and one compare; the claim (once per thread) uses one lock cmpxchg and one
+    gettid.  The key comes from ``rdfsbase``, or, when ``layout.tcb_self`` (glibc
+    threads: the thread control block's first word points to itself, as the
+    x86-64 TLS ABI has it), from a load of that word, which costs a fraction of
+    rdfsbase.  A slot is only claimed under a key checked against rdfsbase, so
+    a thread whose word is not its fs base (code that moved its fs base) misses
+    on the fast path and is looked up by rdfsbase on the slow path (unless its
+    word were another live thread's fs base, which no thread library does).
     A thread without a thread pointer yet (a static program before its TLS is
     set up) is keyed as fs base 1, since 0 marks a free slot.
+
+    ``cpu`` (a 64-bit register, only with ``layout.rseq_cpu``): also leave the
+    CPU number there, read from the thread's rseq area on the fast path (as
+    glibc's sched_getcpu does), from rdpid elsewhere or while the thread has
+    no rseq area registered.
     """
     table = layout.base + layout.slot_table
     end = table + layout.nslots * SLOT_SIZE
     L = f".L{prefix}"
     claimed = claimed or found
-    return f"""
+    assert cpu is None or (layout.tcb_self and layout.rseq_cpu)
+    cpu32 = cpu and (f"{cpu}d" if cpu[1].isdigit() else "e" + cpu[1:])
+    if layout.tcb_self:
+        key = f"""
+    mov rax, qword ptr fs:[0]
+    test rax, rax
+    jz {L}by_base"""
+        # the slow path checks the word against the fs base before trusting it as a key
+        check = f"""
+    rdfsbase rdx
+    cmp rdx, rax
+    jne {L}by_base"""
+        by_base = f"""
+{L}by_base:
+    rdfsbase rax
+    test rax, rax
+    jnz {L}base_key
+    mov eax, 1
+{L}base_key:
+    {_hash_asm(layout)}
+    jmp {L}probe_from"""
+    else:
+        key = f"""
     rdfsbase rax
     test rax, rax
     jnz {L}have_fs
     mov eax, 1
-{L}have_fs:
-    mov rsi, rax
-    movabs rdi, 0x9E3779B97F4A7C15
-    imul rsi, rdi
-    shr rsi, {64 - layout.slot_bits}
-    shl rsi, {SLOT_SHIFT}
-    movabs rdi, {table:#x}
-    add rsi, rdi
-    cmp qword ptr [rsi], rax
+{L}have_fs:"""
+        check = by_base = ""
+    if cpu:
+        hit = f"""
+    jne {L}miss
+    mov {cpu32}, dword ptr [rax+{layout.rseq_cpu:#x}]
+    test {cpu32}, {cpu32}
+    jns {found}
+{L}found_slow:
+    {cpu_asm(cpu)}
+    jmp {found}"""
+        slow_found, slow_claimed = f"{L}found_slow", f"{L}claimed_slow"
+        claimed_slow = f"""
+{L}claimed_slow:
+    {cpu_asm(cpu)}
+    jmp {claimed}"""
+    else:
+        hit = f"""
     je {found}
+    jmp {L}miss"""
+        slow_found, slow_claimed, claimed_slow = found, claimed, ""
+    return f"""
+    {key}
+    {_hash_asm(layout)}
+    cmp qword ptr [rsi], rax
+    {hit}
+{L}miss:
+    {check}
+{L}probe_from:
     mov edx, {layout.nslots}
 {L}probe:
     mov rdi, qword ptr [rsi]
     cmp rdi, rax
-    je {found}
+    je {slow_found}
     test rdi, rdi
     jz {L}claim
 {L}next:
@@ -311,5 +405,20 @@ def slot_lookup_asm(layout: RuntimeLayout, found: str, full: str, claimed: str |
     pop r11
     mov dword ptr [rsi+8], eax
     mov dword ptr [rsi+12], 1
-    jmp {claimed}
+    jmp {slow_claimed}
+    {claimed_slow}
+    {by_base}
 """
+
+
+def _hash_asm(layout: RuntimeLayout) -> str:
+    """rsi = the slot the key in rax hashes to.  Clobbers rdi."""
+    table = layout.base + layout.slot_table
+    return f"""
+    mov rsi, rax
+    movabs rdi, 0x9E3779B97F4A7C15
+    imul rsi, rdi
+    shr rsi, {64 - layout.slot_bits}
+    shl rsi, {SLOT_SHIFT}
+    movabs rdi, {table:#x}
+    add rsi, rdi"""

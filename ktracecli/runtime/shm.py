@@ -65,6 +65,7 @@ class SharedRings:
         self._heartbeat = ctypes.c_uint64.from_buffer(self.mm, CTRL_HEARTBEAT)
         self._dl_request = ctypes.c_uint32.from_buffer(self.mm, CTRL_DL_REQUEST)
         self._dl_ack = ctypes.c_uint32.from_buffer(self.mm, CTRL_DL_ACK)
+        self.set_graph_limits(0, 0)
 
     def map_into(self, caller: RemoteCaller, scratch: int, fixed: int = 0) -> int:
         """Map the file into the tracee (its name is written at ``scratch``); returns the address."""
@@ -121,9 +122,13 @@ class SharedRings:
         return int(self._lost_no_slot.value)
 
     def set_graph_limits(self, max_graph_depth: int, tracing_thresh_ticks: int) -> None:
-        """Write the function_graph knobs the tracee's code reads (0 = unlimited / off)."""
+        """Write the function_graph knobs (0 = unlimited / off) to the control page and every slot."""
         self._max_graph_depth.value = max_graph_depth
         self._tracing_thresh.value = tracing_thresh_ticks
+        depth_max = (max_graph_depth - 1) & (2**64 - 1)
+        for slot in self.slots:
+            slot.depth_max = depth_max
+            slot.thresh = tracing_thresh_ticks
 
     def find_slot(self, key: int) -> int | None:
         """Index of the claimed slot keyed ``key`` (a thread's fs base), or None."""

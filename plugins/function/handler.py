@@ -43,7 +43,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     push rdx
     push rsi
     push rdi
-    {slot_lookup_asm(layout, found=".Lslot", full=".Lout")}
+    {slot_lookup_asm(layout, found=".Lslot", full=".Lout", cpu="rcx" if layout.rseq_cpu else None)}
 .Lslot:
     {reserve_asm("r", "rdx", dropped=".Lout")}
     lea edi, [rdx+1]
@@ -57,7 +57,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov r11, qword ptr [r11]
     mov eax, dword ptr [rsp+{SITE_INDEX}]
     mov dword ptr [rsi+16], eax
-    {timestamp_asm()}
+    {timestamp_asm(cpu_known=bool(layout.rseq_cpu))}
     shl rdx, 32
     or rax, rdx
     mov qword ptr [rsi], rax

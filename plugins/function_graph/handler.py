@@ -38,7 +38,7 @@ Other paths:
 from __future__ import annotations
 
 from ktracecli.arch.x86_64.handler_call import BY_CALL, ON, RETURN_POINT
-from ktracecli.runtime.layout import CTRL_MAX_GRAPH_DEPTH, CTRL_TRACING_THRESH, RuntimeLayout, timestamp_asm
+from ktracecli.runtime.layout import SLOT_DEPTH_MAX, SLOT_THRESH, RuntimeLayout, cpu_asm, timestamp_asm
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 from ktracecli_function_graph.shadow import (
@@ -50,6 +50,7 @@ from ktracecli_function_graph.shadow import (
     E_SITE,
     E_SLOT,
     E_TSC,
+    H_TOP,
     H_UNWINDING,
     reserve_asm,
     restore_asm,
@@ -85,58 +86,43 @@ def _record(layout: RuntimeLayout, p: str, kind: Kind) -> str:
 
 
 def handler_source(layout: RuntimeLayout) -> str:
-    """Keystone source of the handler (see ktracecli.interface for the ABI)."""
-    thresh = layout.base + CTRL_TRACING_THRESH
+    """Keystone source of the handler (see ktracecli.interface for the ABI).
+
+    With ``layout.rseq_cpu`` the slot lookup leaves the CPU number in r10
+    (rdpid again after the resync routine, which clobbers r10).
+    """
+    rseq = bool(layout.rseq_cpu)
     return f"""
     .quad {layout.runtime + CALL_RETURN:#x}
     {save_asm()}
     btr r11, 0
     setc byte ptr [rsp+{BY_CALL_FLAG}]
-    {thread_shadow_asm(layout, "h", full=".Lout", on_new=".Lcheck")}
+    {thread_shadow_asm(layout, "h", full=".Lout", on_new=".Lcheck", cpu="r10" if rseq else None)}
 .Lcheck:
-    mov r8, qword ptr [rdi]
-    test r8, r8
-    jz .Lpush
+    mov r8, qword ptr [rdi+{H_TOP}]
     mov rax, r8
     shl rax, {ENTRY_SHIFT}
     mov rcx, qword ptr [rdi+rax+{E_SLOT}]
     cmp rcx, r11
-    ja .Labove
-    jb .Lbelow
-    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
-    cmp qword ptr [r11], rdx
-    je .Lpush
-    jmp .Lresync
-.Labove:
+    jbe .Lnotabove
     cmp qword ptr [rdi+{H_UNWINDING}], 0
-    je .Lpush
-    jmp .Lresync
-.Lbelow:
-    test rcx, rcx
-    jz .Lpush
-.Lresync:
-    movabs rax, {layout.runtime:#x}
-    call qword ptr [rax]
+    jne .Lresync
 .Lpush:
-    {timestamp_asm()}
+    {timestamp_asm(cpu_known=rseq)}
     shl rdx, 32
     or rax, rdx
     mov r9, rax
-    mov r10d, ecx
+    {"" if rseq else "mov r10d, ecx"}
     cmp r8, {CAPACITY}
     jae .Lnohook
-    movabs rax, {layout.base + CTRL_MAX_GRAPH_DEPTH:#x}
-    mov rax, qword ptr [rax]
-    dec rax
-    cmp r8, rax
+    cmp r8, qword ptr [rsi+{SLOT_DEPTH_MAX}]
     ja .Lnohook
     lea rdx, [r8+1]
     mov rax, r8
-    cmpxchg qword ptr [rdi], rdx
+    cmpxchg qword ptr [rdi+{H_TOP}], rdx
     jne .Lcheck
     mov rcx, -1
-    movabs rax, {thresh:#x}
-    cmp qword ptr [rax], 0
+    cmp qword ptr [rsi+{SLOT_THRESH}], 0
     jne .Lnorecord
     {reserve_asm("e", "rcx")}
 .Lnorecord:
@@ -151,11 +137,6 @@ def handler_source(layout: RuntimeLayout) -> str:
     je .Ltrampoline
     mov rax, qword ptr [rsp+{STUB_RETURN}]
     add rax, {RETURN_POINT}
-    jmp .Lhook
-.Ltrampoline:
-    push rdx
-    {trampoline_asm(layout, "rax", "rdx")}
-    pop rdx
 .Lhook:
     mov qword ptr [rdx+{E_HOOK}], rax
     mov qword ptr [rdx+{E_SLOT}], r11
@@ -176,9 +157,27 @@ def handler_source(layout: RuntimeLayout) -> str:
     lea r11, [r11+{ON}]
     {restore_asm()}
     ret 8
+.Lnotabove:
+    jb .Lbelow
+    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
+    cmp qword ptr [r11], rdx
+    je .Lpush
+    jmp .Lresync
+.Lbelow:
+    test rcx, rcx
+    jz .Lpush
+.Lresync:
+    movabs rax, {layout.runtime:#x}
+    call qword ptr [rax]
+    {cpu_asm("r10") if rseq else ""}
+    jmp .Lpush
+.Ltrampoline:
+    push rdx
+    {trampoline_asm(layout, "rax", "rdx")}
+    pop rdx
+    jmp .Lhook
 .Lnohook:
-    movabs rax, {thresh:#x}
-    cmp qword ptr [rax], 0
+    cmp qword ptr [rsi+{SLOT_THRESH}], 0
     jne .Lout
     {reserve_asm("n", "rcx")}
     {_record(layout, "n", Kind.NOHOOK)}

@@ -2,18 +2,18 @@
 
 Placed once per process at ``layout.runtime``::
 
-    +0            .quad resync       the handlers call [runtime+0] (a slow path)
-    +8            jmp call_return    returns hooked by a call: the stubs' return point
-                                     jumps to [handler-8], which holds runtime+8 (3 bytes
-                                     of int3 after the jmp pad to +16, never executed)
-    +16 + 16 * i  slot i's entry     the returns of slot i's thread hooked by rewriting
-                                     their slot (-pg sites) land here:
-                  48 8d 64 24 f8       lea rsp, [rsp-8]     ; S holds where to go
-                  50                   push rax
-                  68 <i:4>             push i
-                  e9 <rel32>           jmp trampoline
-    +16 + 16 * N  return trampoline  (N slots)
-    ...           call_return, resync routine
+    +0              .quad resync       the handlers call [runtime+0] (a slow path)
+    +8              call_return        returns hooked by a call: the stubs' return point
+                                       jumps to [handler-8], which holds runtime+8 (int3
+                                       fills the rest, up to +2048, never executed)
+    +2048 + 16 * i  slot i's entry     the returns of slot i's thread hooked by rewriting
+                                       their slot (-pg sites) land here:
+                    48 8d 64 24 f8       lea rsp, [rsp-8]     ; S holds where to go
+                    50                   push rax
+                    68 <i:4>             push i
+                    e9 <rel32>           jmp trampoline
+    +2048 + 16 * N  return trampoline  (N slots)
+    ...             resync routine
     then, from RuntimeHook sources, one routine per hooked library function
 
 A return lands on its thread's own entry, so the trampoline knows the
@@ -83,15 +83,18 @@ hooked: a backtrace taken inside traced frames stops at the first hooked one.
 from __future__ import annotations
 
 from ktracecli.interface import RuntimeCode, RuntimeHook
-from ktracecli.runtime.layout import SLOT_SHIFT, SLOT_SIZE, RuntimeLayout
+from ktracecli.runtime.layout import (SLOT_SHIFT, SLOT_SIZE, SLOT_THRESH, RuntimeLayout, cpu_asm, reserve_asm,
+                                     timestamp_asm)
 
-from ktracecli_function_graph.records import Kind
+from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 from ktracecli_function_graph.shadow import (
     ENTRY_SHIFT,
     ENTRY_SIZE,
     E_HOOK,
     E_ORIG,
+    E_SITE,
     E_SLOT,
+    H_TOP,
     H_UNWINDING,
     SAVED,
     TRAMPOLINES,
@@ -104,6 +107,7 @@ from ktracecli_function_graph.shadow import (
     save_asm,
     saved_bytes,
     shadow_asm,
+    store_asm,
     thread_shadow_asm,
     trampoline_addr,
 )
@@ -112,6 +116,8 @@ UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Reth
 CATCH_AT = ("__cxa_begin_catch",)
 #: what the trampoline saves besides shadow.SAVED (pop_asm and exit_asm use rbx and r12)
 SAVED_TOO = ("r11", "rbx", "r12")
+#: what the call return's fast path saves besides shadow.SAVED (its slow path pushes rbx and r12 too)
+CALL_RETURN_SAVED = ("r11",)
 #: the start of each per-slot entry: lea rsp, [rsp-8]; push rax
 LEA_RSP_MINUS_8 = bytes.fromhex("488d6424f8")
 PUSH_RAX = b"\x50"
@@ -127,11 +133,9 @@ def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
     """The runtime placed at ``layout.runtime`` and its unwinder hooks."""
     source = f"""
     .quad .Lresync
-    jmp .Lcall_return
-    .byte {", ".join(["0xcc"] * 3)}
-    {trampoline_source(layout)}
-.Lcall_return:
     {call_return_source(layout)}
+    .align {TRAMPOLINES}, 0xcc
+    {trampoline_source(layout)}
 .Lresync:
     {resync_source(layout)}
 """
@@ -142,7 +146,7 @@ def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
 
 
 def trampoline_source(layout: RuntimeLayout) -> str:
-    """The per-slot entries and the return trampoline (see the module docstring), from runtime+8."""
+    """The per-slot entries and the return trampoline (see the module docstring), from runtime+TRAMPOLINES."""
     table = layout.base + layout.slot_table
     s_offset = saved_bytes(SAVED_TOO)
     message = ", ".join(str(b) for b in LOST_MESSAGE)
@@ -217,30 +221,80 @@ def pop_exit_asm(layout: RuntimeLayout, p: str, again: str) -> str:
 
 
 def call_return_source(layout: RuntimeLayout) -> str:
-    """Returns hooked by a call (see the module docstring): entered with rsp = S + 8."""
+    """Returns hooked by a call (see the module docstring): entered with rsp = S + 8.
+
+    The fast path (S's entry on top of the thread's shadow stack, no
+    tracing_thresh) uses only the registers it saves; the other cases go to
+    the slow path, which saves rbx and r12 too and searches, closes dead
+    entries above S's, or applies tracing_thresh.  With ``layout.rseq_cpu``
+    the slot lookup leaves the CPU number in r10.
+    """
+    rseq = bool(layout.rseq_cpu)
     table = layout.base + layout.slot_table
     end = table + layout.nslots * SLOT_SIZE
     return f"""
     lea rsp, [rsp-8]
-    {save_asm(SAVED_TOO)}
-    lea r11, [rsp+{saved_bytes(SAVED_TOO)}]
-    {thread_shadow_asm(layout, "cr", full=".Lcother", on_new=".Lcother")}
+    {save_asm(CALL_RETURN_SAVED)}
+    lea r11, [rsp+{saved_bytes(CALL_RETURN_SAVED)}]
+    {thread_shadow_asm(layout, "cr", full=".Lcslow", on_new=".Lcslow", cpu="r10" if rseq else None)}
+.Lcfast:
+    {timestamp_asm(cpu_known=rseq)}
+    shl rdx, 32
+    or rax, rdx
+    mov r9, rax
+    {"" if rseq else "mov r10d, ecx"}
+    mov r8, qword ptr [rdi+{H_TOP}]
+    mov rdx, r8
+    shl rdx, {ENTRY_SHIFT}
+    add rdx, rdi
+    cmp qword ptr [rdx+{E_SLOT}], r11
+    jne .Lcslow
+    cmp qword ptr [rsi+{SLOT_THRESH}], 0
+    jne .Lcslow
+    and r10d, {CPU_MASK:#x}
+    shl r10d, {CPU_SHIFT}
+    lea ecx, [r8-1]
+    or r10d, ecx
+    or r10d, {int(Kind.EXIT) << KIND_SHIFT:#x}
+    shl r10, 32
+    mov eax, dword ptr [rdx+{E_SITE}]
+    or r10, rax
+    mov rcx, qword ptr [rdx+{E_ORIG}]
+    mov qword ptr [r11], rcx
+    mov qword ptr [rdx+{E_SLOT}], 0
+    lea rcx, [r8-1]
+    mov rax, r8
+    cmpxchg qword ptr [rdi+{H_TOP}], rcx
+    jne .Lcraced
+    {reserve_asm("cx", "rcx", dropped=".Lcdone")}
+    {store_asm(layout, "cx", "rcx", "r9", "r10", "rax")}
+.Lcdone:
+    {restore_asm(CALL_RETURN_SAVED)}
+    ret
+.Lcraced:
+    mov qword ptr [rdx+{E_SLOT}], r11
+    {cpu_asm("r10") if rseq else ""}
+    jmp .Lcfast
+.Lcslow:
+    push rbx
+    push r12
 .Lcsearch:
-    mov r8, qword ptr [rdi]
+    mov r8, qword ptr [rdi+{H_TOP}]
     {find_slot_asm("cs", ".Lcfound", ".Lcother")}
 .Lcfound:
     cmp rax, r8
     jb .Lcclose
     {pop_exit_asm(layout, "c", ".Lcsearch")}
-    {restore_asm(SAVED_TOO)}
-    ret
+    pop r12
+    pop rbx
+    jmp .Lcdone
 .Lcclose:
     {close_top_asm(layout, "cc", ".Lcsearch")}
 .Lcother:
     movabs rsi, {table:#x}
 .Lcnext:
     {shadow_asm(layout)}
-    mov r8, qword ptr [rdi]
+    mov r8, qword ptr [rdi+{H_TOP}]
     {find_slot_asm("co", ".Lcsearch", ".Lcmove")}
 .Lcmove:
     add rsi, {SLOT_SIZE}

@@ -39,8 +39,8 @@ function (a destructor called by a landing pad) took its place.
 from __future__ import annotations
 
 from ktracecli.runtime.layout import (
-    CTRL_TRACING_THRESH,
     SLOT_SIZE,
+    SLOT_THRESH,
     RuntimeLayout,
     reserve_asm,
     slot_lookup_asm,
@@ -71,10 +71,10 @@ def private_size(layout: RuntimeLayout) -> int:
     return layout.nslots * SHADOW_BYTES
 
 
-#: the runtime starts with resync's address, then a jump to the routine returns hooked by a call take
+#: the runtime starts with resync's address, then the routine returns hooked by a call go to
 CALL_RETURN = 8
-#: the runtime's per-slot entries into the return trampoline start at +16
-TRAMPOLINES = 16
+#: the runtime's per-slot entries into the return trampoline start here (the call return fits before)
+TRAMPOLINES = 2048
 #: bytes of one per-slot entry (see runtime.py)
 TRAMPOLINE_STUB = 16
 
@@ -133,16 +133,17 @@ def shadow_asm(layout: RuntimeLayout) -> str:
     add rdi, rax"""
 
 
-def thread_shadow_asm(layout: RuntimeLayout, p: str, full: str, on_new: str) -> str:
+def thread_shadow_asm(layout: RuntimeLayout, p: str, full: str, on_new: str, cpu: str | None = None) -> str:
     """rsi = this thread's slot and rdi = its shadow stack, found by the thread's fs base.
 
     A slot claimed just now gets an empty shadow stack, then control goes to
     ``on_new``; with no slot to be had, to ``full``; otherwise it falls
-    through.  ``p`` keeps the labels of several copies apart.  Clobbers rax,
-    rcx, rdx and the flags.
+    through.  ``p`` keeps the labels of several copies apart.  ``cpu``: see
+    :func:`~ktracecli.runtime.layout.slot_lookup_asm`.  Clobbers rax, rcx, rdx
+    and the flags.
     """
     return f"""
-    {slot_lookup_asm(layout, found=f".L{p}slot", full=full, claimed=f".L{p}claimed", prefix=p)}
+    {slot_lookup_asm(layout, found=f".L{p}slot", full=full, claimed=f".L{p}claimed", prefix=p, cpu=cpu)}
 .L{p}claimed:
     {shadow_asm(layout)}
     mov qword ptr [rdi+{H_TOP}], 0
@@ -182,12 +183,14 @@ def store_asm(layout: RuntimeLayout, p: str, index: str, tsc: str, meta: str, tm
 
     Clobbers ``index``, ``meta``, ``tmp`` and the flags.
     """
+    # (index >> log2(capacity)) + 1 == (index + capacity) >> log2(capacity)
+    lap = (f"lea {tmp}, [{index}+{layout.capacity:#x}]" if layout.capacity < 2**31
+           else f"movabs {tmp}, {layout.capacity:#x}\n    add {tmp}, {index}")
     return f"""
     cmp {index}, -1
     je .L{p}stored
-    mov {tmp}, {index}
+    {lap}
     shr {tmp}, {layout.capacity_bits}
-    inc {tmp}
     shl {tmp}, 56
     or {meta}, {tmp}
     and {index}, qword ptr [rsi+24]
@@ -206,15 +209,13 @@ def exit_asm(layout: RuntimeLayout, p: str, kind: Kind) -> str:
     tracing_thresh, the pair ENTRY (entry time) + ``kind`` when the call took
     at least the threshold, else nothing.  Clobbers rax, rcx, rdx, r9, r10.
     """
-    thresh = layout.base + CTRL_TRACING_THRESH
     return f"""
     and r10d, {CPU_MASK:#x}
     shl r10d, {CPU_SHIFT}
     or r10d, edx
     shl r10, 32
     or r10, rcx
-    movabs rax, {thresh:#x}
-    mov rax, qword ptr [rax]
+    mov rax, qword ptr [rsi+{SLOT_THRESH}]
     test rax, rax
     jnz .L{p}thresh
     {reserve_asm(p + "x", "r9")}

@@ -7,7 +7,8 @@ Layout::
     modules.json    executable modules mapped in the traced processes, with their symbol files
                     and the address space each belongs to ("space", 0 if absent)
     symbols/N.json  one module's function symbols (module-relative, sorted)
-    threads.json    per thread: pid, tid, comm, address space, record count, lost-event markers
+    threads.json    per thread: pid, tid, comm, address space, record count, lost-event markers,
+                    time anchors (records that keep part of their TSC get the rest from them)
     events/P-T.bin  the thread's raw ring records, in order (P-T-sS.bin in address space S > 0)
 
 An address space is one process image: the first process is space 0, and each
@@ -34,6 +35,7 @@ import numpy as np
 
 from ktracecli.errors import DataError, UsageError
 from ktracecli.process.pids import alive
+from ktracecli.runtime.clock import ANCHOR_EVERY
 from ktracecli.spool import Spool, map_pages, unmap_pages
 
 FORMAT_VERSION = 1
@@ -67,11 +69,15 @@ class _ThreadFile:
     direct: bool = False
     records: int = 0
     lost: list[tuple[int, int]] = field(default_factory=list)
+    #: time anchors: (index of a record, TSC when it was drained)
+    anchors: list[tuple[int, int]] = field(default_factory=list)
     nbytes: int = 0
     reserved: int = 0
     #: the aligned buffer of direct writes and the bytes in it not written yet
     chunk: np.ndarray | None = None
     pending: int = 0
+    #: bytes handed to the spool so far (consumer thread; see ktracecli.spool.Sink)
+    staged: int = 0
 
     def write_now(self, data: memoryview) -> None:
         """Write ``data`` at the end, reserving disk blocks ahead of it in big steps (writer thread)."""
@@ -90,8 +96,29 @@ class _ThreadFile:
         self.nbytes = end
 
     def _through_chunk(self, src: np.ndarray) -> None:
+        """Write ``src`` directly: whole aligned blocks straight from it, the rest through the chunk.
+
+        ``src`` sits at the same offset modulo DIRECT_BLOCK in its (page-aligned)
+        staging buffer as in the file (see :data:`ktracecli.spool.ALIGN`), so once
+        the chunk's partial block is completed from it and written, its whole
+        blocks need no copy.
+        """
         if self.chunk is None:
             self.chunk = map_pages(DIRECT_CHUNK)
+        partial = self.pending % DIRECT_BLOCK
+        if partial and len(src):
+            n = min(len(src), DIRECT_BLOCK - partial)
+            self.chunk[self.pending:self.pending + n] = src[:n]
+            self.pending += n
+            src = src[n:]
+        if self.pending % DIRECT_BLOCK == 0 and len(src) >= DIRECT_BLOCK and src.ctypes.data % DIRECT_BLOCK == 0:
+            if self.pending:
+                self._write_chunk(self.pending)
+                self.pending = 0
+            whole = len(src) // DIRECT_BLOCK * DIRECT_BLOCK
+            for lo in range(0, whole, DIRECT_CHUNK):
+                self._write_direct(src[lo:min(whole, lo + DIRECT_CHUNK)].data)
+            src = src[whole:]
         while len(src) and self.direct:
             n = min(len(src), DIRECT_CHUNK - self.pending)
             self.chunk[self.pending:self.pending + n] = src[:n]
@@ -104,13 +131,17 @@ class _ThreadFile:
             self._write(src.data)  # direct writes were given up on the way
 
     def _write_chunk(self, size: int) -> None:
-        """Write the first ``size`` bytes of the chunk (a multiple of the block size), directly.
+        """Write the first ``size`` bytes of the chunk (a multiple of the block size), directly."""
+        assert self.chunk is not None
+        self._write_direct(self.chunk.data[:size])
+
+    def _write_direct(self, view: memoryview) -> None:
+        """Write ``view`` (aligned, a multiple of the block size) directly, at an aligned offset.
 
         A file system that took O_DIRECT at open but refuses a direct write (or
         writes part of it) gets plain writes from then on.
         """
-        assert self.chunk is not None
-        view = self.chunk.data[:size]
+        size = view.nbytes
         done = 0
         if self.direct:
             try:
@@ -208,11 +239,21 @@ class DataWriter:
         return stream
 
     def append(self, pid: int, tid: int, comm: str, records: np.ndarray, lost_at: int = 0, lost: int = 0,
-               space: int = 0) -> None:
-        """Append a thread's records; ``lost`` events were dropped before record ``lost_at`` of this batch."""
+               space: int = 0, drained: int | None = None) -> None:
+        """Append a thread's records; ``lost`` events were dropped before record ``lost_at`` of this batch.
+
+        ``drained``: the TSC when the records were found complete (they were all
+        written before it).  A thread's first batch and then the first batch at
+        least ANCHOR_EVERY ticks after the last anchor leave a time anchor, from
+        which records that keep part of their TSC get the rest back
+        (:func:`ktracecli.runtime.clock.extend_tsc`).
+        """
         stream = self.thread(pid, tid, comm, space)
         if lost:
             stream.lost.append((stream.records + lost_at, lost))
+        if len(records) and drained is not None and (
+                not stream.anchors or drained - stream.anchors[-1][1] >= ANCHOR_EVERY):
+            stream.anchors.append((stream.records, drained))
         if len(records):
             self._spool.put(stream, records.view(np.uint8).data)
             stream.records += len(records)
@@ -240,7 +281,7 @@ class DataWriter:
         for t in self._threads.values():
             t.close()
             threads.append({"pid": t.pid, "tid": t.tid, "comm": t.comm, "space": t.space, "events": t.name,
-                            "records": t.records, "lost": t.lost})
+                            "records": t.records, "lost": t.lost, "anchors": t.anchors})
         self.write_json("threads.json", threads)
         self.write_json("info.json", {"version": FORMAT_VERSION, **info})
         old = None
@@ -273,6 +314,8 @@ class ThreadData:
     lost: list[tuple[int, int]]
     #: the address space (process image) the records were made in
     space: int = 0
+    #: time anchors (see :meth:`DataWriter.append`)
+    anchors: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -333,7 +376,8 @@ def load(path: Path, record_dtype: np.dtype | None = None) -> TraceData:
                 raise DataError(f"corrupt data directory {path}: {t['events']} is truncated")
             records = raw.view(dtype) if itemsize else np.zeros(0, dtype)
             threads.append(ThreadData(int(t["pid"]), int(t["tid"]), str(t["comm"]), records,
-                                      [(int(a), int(b)) for a, b in t["lost"]], int(t.get("space", 0))))
+                                      [(int(a), int(b)) for a, b in t["lost"]], int(t.get("space", 0)),
+                                      [(int(a), int(b)) for a, b in t.get("anchors", [])]))
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"corrupt data directory {path}: {exc}") from None
     except FileNotFoundError as exc:

@@ -177,6 +177,8 @@ class LiveBatch:
     #: (after the last record when ``lost_at == len(records)``)
     lost_at: int = 0
     lost: int = 0
+    #: the TSC when the records were found complete (all were written before it)
+    drained: int = 0
 
 
 class LiveContext(Protocol):

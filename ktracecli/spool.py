@@ -40,8 +40,16 @@ SPARES = 8
 WRITER_NICE = 10
 
 
+#: staged bytes sit at the same offset modulo ALIGN in their buffer as in their file, so
+#: that a file opened for direct writes gets them straight from the (page-aligned) buffer
+ALIGN = 4096
+
+
 class Sink(Protocol):
     """Where staged bytes end up (a thread's event file)."""
+
+    #: bytes staged for it so far (consumer thread only): the file offset of the next ones
+    staged: int
 
     def write_now(self, data: memoryview) -> None:
         """Write ``data`` at the end of the file (called from the writer thread only)."""
@@ -107,10 +115,16 @@ class Spool:
             if self._open is None:
                 self._open = _Buffer(self._take())
             buf = self._open
+            at = buf.used + (sink.staged - buf.used) % ALIGN
+            if at >= len(buf.data):
+                self.flush()
+                continue
+            buf.used = at
             n = min(len(src), len(buf.data) - buf.used)
             buf.data[buf.used:buf.used + n] = src[:n]
             buf.pieces.append((sink, buf.used, buf.used + n))
             buf.used += n
+            sink.staged += n
             src = src[n:]
             if buf.used == len(buf.data):
                 self.flush()

@@ -294,8 +294,13 @@ class TracedProcess:
             if analysis is not None:
                 installer.prepare(module, analysis)
         if sh.tracing:
+            max_sites = getattr(sh.tracer, "max_sites", None)
             for module, site in plan.sites:
-                desired[sh.sites.index(module, site)] = (module, site)
+                index = sh.sites.index(module, site)
+                if max_sites is not None and index >= max_sites:
+                    self.refused += 1  # its records have no room for the index
+                    continue
+                desired[index] = (module, site)
         enabled = installer.installed.patches
         off = [i for i in enabled if i not in desired]
         if off:

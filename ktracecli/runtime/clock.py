@@ -10,7 +10,7 @@ import ctypes
 import mmap
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -84,4 +84,37 @@ def timestamps_ns(calibration: dict[str, Any], tsc: np.ndarray) -> np.ndarray:
         ticks -= tsc0
         out[start:start + len(ticks)] = np.round(ticks * scale)
         out[start:start + len(ticks)] += ns0
+    return out
+
+
+#: a data directory's time anchors: (index of a thread's first record drained after the
+#: anchor's time, TSC then), one at the thread's first batch and then at the first batch
+#: at least ANCHOR_EVERY ticks after the last anchor (see :meth:`DataWriter.append`)
+ANCHOR_EVERY = 1 << 40
+
+
+def extend_tsc(low: np.ndarray, bits: int, shift: int, anchors: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Full TSC readings of records that kept only bits ``shift`` .. ``shift + bits`` of theirs.
+
+    The records from an anchor to the next were drained less than ANCHOR_EVERY
+    ticks after the anchor's time, and each was written before it was drained:
+    a reading is the one that matches its bits in the turn of 2**(bits+shift)
+    ticks that ends ANCHOR_EVERY ticks after its anchor (so a record may have
+    waited almost a whole turn, less ANCHOR_EVERY, to be drained).  Records
+    before the first anchor (none, for data ktracecli wrote) use the first.
+    """
+    n = len(low)
+    out = np.empty(n, dtype=np.uint64)
+    if not n:
+        return out
+    if not anchors:
+        raise ValueError("records with partial timestamps need time anchors")
+    turn = np.uint64((1 << bits) - 1)
+    bounds = [0, *(min(max(int(i), 0), n) for i, _ in anchors[1:]), n]
+    for (_, tsc), lo, hi in zip(anchors, bounds[:-1], bounds[1:]):
+        end = np.uint64(((int(tsc) + ANCHOR_EVERY) >> shift) & (2**64 - 1))
+        for start in range(lo, hi, BLOCK):
+            part = low[start:min(hi, start + BLOCK)]
+            units = end - ((end - part) & turn)
+            out[start:start + len(part)] = units << np.uint64(shift)
     return out

@@ -196,6 +196,7 @@ class Consumer:
         # commit words first, then the records they vouch for (x86 keeps loads in order)
         complete = commit_word(proc.dtype).complete(ring[start:start + first], ring[:count - first], tail,
                                                     proc.rings.layout.capacity_bits)
+        drained = clock.rdtsc()  # every record found complete was written before this
         if complete * 64 >= cap:
             self._backlog = True
         take1 = min(complete, first)
@@ -207,12 +208,13 @@ class Consumer:
             proc.comms[tid] = comm
         lost_at = min(max(drop_pos - tail, 0), complete) if new_lost else 0
         # written straight from the shared ring; the slots are only given back afterwards
-        self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost, space=proc.space)
+        self.writer.append(proc.pid, tid, comm, ring[start:start + take1], lost_at, new_lost, space=proc.space,
+                           drained=drained)
         if complete > take1:
-            self.writer.append(proc.pid, tid, comm, ring[:complete - take1], space=proc.space)
+            self.writer.append(proc.pid, tid, comm, ring[:complete - take1], space=proc.space, drained=drained)
         if self.sink is not None and (complete or new_lost):
             records = np.concatenate((ring[start:start + take1], ring[:complete - take1]))
-            self._batches.append(LiveBatch(proc.pid, tid, comm, proc.space, records, lost_at, new_lost))
+            self._batches.append(LiveBatch(proc.pid, tid, comm, proc.space, records, lost_at, new_lost, drained))
         slot.tail = tail + complete
         state.lost_seen = lost
         return complete

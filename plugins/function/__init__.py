@@ -22,11 +22,14 @@ class FunctionTracer:
     name: ClassVar[str] = "function"
     description: ClassVar[str] = "one line per traced call, with its caller"
 
+    #: site indices a record holds (see :mod:`ktracecli_function.records`); functions past them are refused
+    max_sites: ClassVar[int] = 1 << 21
+
     @property
     def record_dtype(self) -> "np.dtype":
-        """The 24-byte record of :mod:`ktracecli_function.handler` (numpy is imported on first use,
+        """The 16-byte record of :mod:`ktracecli_function.records` (numpy is imported on first use,
         so that registering the tracer costs nothing)."""
-        from ktracecli_function.handler import RECORD_DTYPE
+        from ktracecli_function.records import RECORD_DTYPE
         return RECORD_DTYPE
 
     def handler_source(self, layout: "RuntimeLayout") -> str:

@@ -1,23 +1,11 @@
-"""The function tracer's handler: one 24-byte record per traced call.
-
-Record (little endian)::
-
-    +0   u64  tsc          time stamp counter at entry
-    +8   u64  parent | cpu << 48   return address into the caller (user addresses fit
-                                   in 48 bits); cpu from TSC_AUX (low 12 bits)
-    +16  u32  site index
-    +20  u32  commit       low 32 bits of (reservation index + 1), written last
-"""
+"""The function tracer's handler: one 16-byte record per traced call (see records.py)."""
 
 from __future__ import annotations
-
-import numpy as np
 
 from ktracecli.arch.x86_64.handler_call import ON
 from ktracecli.runtime.layout import RuntimeLayout, reserve_asm, slot_lookup_asm, timestamp_asm
 
-RECORD_DTYPE = np.dtype([("tsc", "<u8"), ("parent", "<u8"), ("site", "<u4"), ("commit", "<u4")])
-assert RECORD_DTYPE.itemsize == 24
+from ktracecli_function.records import CPU_MASK, PARENT_BITS, SITE_BITS, TSC_SHIFT
 
 # Stack after the six pushes below:
 #   [rsp+0..24]  saved rdi, rsi, rdx, rcx
@@ -31,8 +19,15 @@ SITE_INDEX = 56
 def handler_source(layout: RuntimeLayout) -> str:
     """Keystone source of the handler (see ktracecli.interface for the ABI).
 
-    The quadword in front of it is 0: this tracer never hooks returns.
+    The quadword in front of it is 0: this tracer never hooks returns.  The
+    two ``shrd`` put the site index above the TSC bits kept, and the CPU and
+    lap above the caller's address, one instruction each.
     """
+    rseq = bool(layout.rseq_cpu)
+    # rdi = lap + 1 = (index >> log2(capacity)) + 1 = (index + capacity) >> log2(capacity)
+    lap = (f"lea rdi, [rdx+{layout.capacity:#x}]" if layout.capacity < 2**31
+           else f"movabs rdi, {layout.capacity:#x}\n    add rdi, rdx")
+    tsc_top = 64 - (TSC_SHIFT + (64 - SITE_BITS))  # high TSC bits dropped: shl by this, then shrd
     return f"""
     .quad 0
     push rax
@@ -43,29 +38,30 @@ def handler_source(layout: RuntimeLayout) -> str:
     push rdx
     push rsi
     push rdi
-    {slot_lookup_asm(layout, found=".Lslot", full=".Lout", cpu="rcx" if layout.rseq_cpu else None)}
+    {slot_lookup_asm(layout, found=".Lslot", full=".Lout", cpu="rcx" if rseq else None)}
 .Lslot:
     {reserve_asm("r", "rdx", dropped=".Lout")}
-    lea edi, [rdx+1]
-    mov rax, rdx
-    and rax, qword ptr [rsi+24]
-    lea rax, [rax+rax*2]
-    shl rax, 3
-    add rax, qword ptr [rsi+16]
-    mov rsi, rax
-    and r11, -8
-    mov r11, qword ptr [r11]
-    mov eax, dword ptr [rsp+{SITE_INDEX}]
-    mov dword ptr [rsi+16], eax
-    {timestamp_asm(cpu_known=bool(layout.rseq_cpu))}
+    {lap}
+    shr rdi, {layout.capacity_bits}
+    and rdx, qword ptr [rsi+24]
+    shl rdx, 4
+    add rdx, qword ptr [rsi+16]
+    mov rsi, rdx
+    {timestamp_asm(cpu_known=rseq)}
     shl rdx, 32
     or rax, rdx
+    mov edx, dword ptr [rsp+{SITE_INDEX}]
+    shl rax, {tsc_top}
+    shrd rax, rdx, {SITE_BITS}
     mov qword ptr [rsi], rax
-    and ecx, 0xfff
-    shl rcx, 48
-    or r11, rcx
+    and ecx, {CPU_MASK:#x}
+    shl edi, 12
+    or edi, ecx
+    and r11, -8
+    mov r11, qword ptr [r11]
+    shl r11, {64 - PARENT_BITS}
+    shrd r11, rdi, {64 - PARENT_BITS}
     mov qword ptr [rsi+8], r11
-    mov dword ptr [rsi+20], edi
 .Lout:
     mov r11, qword ptr [rsp+{SITE_INDEX - 8}]
     lea r11, [r11+{ON}]

@@ -15,7 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from ktracecli.interface import LiveBatch, LiveContext
-from ktracecli_function.handler import RECORD_DTYPE
+from ktracecli_function.records import decode
 from ktracecli_function.output import ADDR_MASK, format_line, lost_line, parent_names, task_field
 
 
@@ -31,7 +31,7 @@ class FunctionLiveWriter:
         batches = [b for b in batches if len(b.records) or b.lost]
         if not batches:
             return
-        records = [b.records.view(RECORD_DTYPE) for b in batches]
+        records = [decode(b.records, [(0, b.drained)]) for b in batches]
         merged = np.concatenate(records)
         owner = np.concatenate([np.full(len(r), i, dtype=np.int32) for i, r in enumerate(records)])
         local = np.concatenate([np.arange(len(r), dtype=np.int64) for r in records])

@@ -31,7 +31,7 @@ from ktracecli import render
 from ktracecli.datadir import TraceData
 from ktracecli.runtime.clock import timestamps_ns
 from ktracecli.symbols import Symbolizer
-from ktracecli_function.handler import RECORD_DTYPE
+from ktracecli_function.records import DECODED_DTYPE, decode
 
 ADDR_MASK = (1 << 48) - 1
 HEADER = """\
@@ -82,7 +82,7 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 1 << 17) -> None:
     one Python statement per record.
     """
     threads = [t for t in data.threads if len(t.records) or t.lost]
-    records = [t.records.view(RECORD_DTYPE) for t in threads]
+    records = [decode(t.records, t.anchors) for t in threads]
     entries = sum(len(r) for r in records)
     lost_total = sum(n for t in threads for _, n in t.lost)
     engine = data.info.get("engine")
@@ -90,7 +90,7 @@ def write_trace(data: TraceData, out: TextIO, chunk: int = 1 << 17) -> None:
                             written=entries + lost_total, ncpus=data.info.get("ncpus", 1)))
     if not threads:
         return
-    all_records = np.concatenate(records) if records else np.zeros(0, RECORD_DTYPE)
+    all_records = np.concatenate(records) if records else np.zeros(0, DECODED_DTYPE)
     owner = np.concatenate([np.full(len(r), i, dtype=np.int64) for i, r in enumerate(records)])
     ns = timestamps_ns(data.info["clock"], all_records["tsc"])
     order = np.argsort(ns, kind="stable")

@@ -37,7 +37,7 @@ def test_list_v_shows_each_traced_functions_detour(builder: Builder, ktrace: Ktr
     assert total, out[1]
     functions, detour_bytes = int(total.group(2)), int(total.group(3))
     assert functions == summary.traced
-    assert int(total.group(5)) > 0 and int(total.group(6)) == 24
+    assert int(total.group(5)) > 0 and int(total.group(6)) == 16  # bytes per function-tracer record
     lines = [LINE_RE.match(line) for line in out[2:]]
     assert all(lines), out[2:]
     sizes = {m.group(1): int(m.group(3)) for m in lines if m}

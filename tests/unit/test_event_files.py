@@ -9,7 +9,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ktracecli import datadir
+from ktracecli import datadir, spool
 from ktracecli.datadir import DIRECT_CHUNK, _open_events, _ThreadFile
 
 
@@ -79,3 +79,32 @@ def test_no_reservation_left_past_the_end(tmp_path: Path, monkeypatch) -> None: 
     handle, direct = _open_events(path)
     _write_all(_ThreadFile(1, 1, "t", 0, "events.bin", handle, direct), [b"x" * 100])
     assert os.path.getsize(path) == 100
+
+
+def test_staged_blocks_go_to_the_file_without_a_copy(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Through the spool, two interleaved files get every byte, and whole blocks straight from staging."""
+    straight = []
+    original = _ThreadFile._write_direct
+
+    def spy(self: _ThreadFile, view: memoryview) -> None:
+        address = np.frombuffer(view, dtype=np.uint8).ctypes.data
+        chunk = self.chunk.ctypes.data if self.chunk is not None else -1
+        straight.append(not chunk <= address < chunk + DIRECT_CHUNK)
+        original(self, view)
+
+    monkeypatch.setattr(_ThreadFile, "_write_direct", spy)
+    staging = spool.Spool()
+    streams, expected = [], []
+    for k in range(2):
+        handle, direct = _open_events(tmp_path / f"{k}.bin")
+        streams.append(_ThreadFile(1, k, "t", 0, f"{k}.bin", handle, direct))
+        expected.append(b"")
+    for i, piece in enumerate(_pieces(4)):
+        staging.put(streams[i % 2], memoryview(piece))
+        expected[i % 2] += piece
+    staging.close()
+    for k, stream in enumerate(streams):
+        stream.close()
+        assert (tmp_path / f"{k}.bin").read_bytes() == expected[k]
+    if streams[0].direct:
+        assert any(straight), "no block was written straight from a staging buffer"

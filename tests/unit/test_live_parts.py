@@ -29,7 +29,7 @@ from ktracecli.runtime.layout import RuntimeLayout
 from ktracecli.runtime.shm import SharedRings
 from ktracecli.selection import Selector, SiteTable
 from ktracecli.traced import Spaces
-from ktracecli_function.handler import RECORD_DTYPE
+from ktracecli_function.records import RECORD_DTYPE, encode
 from ktracecli_function.live import FunctionLiveWriter
 
 
@@ -162,11 +162,11 @@ class View:
         return tsc.astype(np.int64) * 1000  # one tick = 1 us
 
 
-def records(*rows: tuple[int, int, int]) -> np.ndarray:
-    """(tsc, cpu, site) rows as function-tracer records."""
+def records(*rows: tuple[int, int, int], first: int = 0) -> np.ndarray:
+    """(tsc, cpu, site) rows as function-tracer records, reserved from index ``first`` of a big ring."""
     out = np.zeros(len(rows), RECORD_DTYPE)
     for i, (tsc, cpu, site) in enumerate(rows):
-        out[i] = (tsc, 0x401000 | (cpu << 48), site, i + 1)
+        out[i] = encode(tsc, site, 0x401000, cpu, first + i, 20)
     return out
 
 
@@ -213,8 +213,7 @@ def test_consumer_hands_each_round_to_the_sink(tmp_path: Path) -> None:
     assert consumer.drain() == 2
     ((batch,),) = rounds
     assert (batch.tid, batch.space, batch.lost_at, batch.lost, len(batch.records)) == (os.getpid(), 3, 2, 4, 2)
-    ring[2:3] = records((3, 0, 0))[0:1]
-    ring[2]["commit"] = 3
+    ring[2:3] = records((3, 0, 0), first=2)
     slot.head = 3
     consumer.retire(os.getpid(), rings, comm_hint="gone")
     assert len(rounds) == 2 and len(rounds[1][0].records) == 1

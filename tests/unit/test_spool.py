@@ -16,6 +16,7 @@ class ListSink:
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
+        self.staged = 0
 
     def write_now(self, data: memoryview) -> None:
         self.parts.append(bytes(data))
@@ -26,6 +27,8 @@ class ListSink:
 
 
 class FailingSink:
+    staged = 0
+
     def write_now(self, data: memoryview) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 

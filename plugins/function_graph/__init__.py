@@ -7,7 +7,7 @@ every engine.  Its parts:
 - ``records``: the 16-byte ring record;
 - ``shadow``: the per-thread shadow stacks and shared assembly;
 - ``handler``: the entry handler (one copy per module);
-- ``runtime``: the return trampoline and the C++ unwinder hooks (once per process);
+- ``runtime``: the call return, the resync routine and the C++ unwinder hooks (once per process);
 - ``graph`` and ``output``: turning records into ftrace's function_graph text.
 """
 
@@ -72,7 +72,7 @@ class FunctionGraphTracer:
         return private_size(layout)
 
     def runtime(self, layout: "RuntimeLayout") -> RuntimeCode:
-        """The return trampoline, the resync routine and the unwinder hooks."""
+        """The call return, the resync routine and the unwinder hooks."""
         from ktracecli_function_graph.runtime import runtime_code
 
         return runtime_code(layout)

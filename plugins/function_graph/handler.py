@@ -2,18 +2,18 @@
 
 Called through the handler ABI (ktracecli.interface) with r11 = S, the
 address of the traced function's return-address slot, plus 1 when the stub
-can hook the return by a call (its continuation runs with rsp = S)::
+calls the function's body with rsp = S (its site is the function's entry)::
 
-    before the handler                 after it, hooked by a call (the stub then calls
-                                       its continuation, which puts R+10 in S)
+    before the handler                 after it (the stub's call then puts R+10 in S)
     S:  <return into the caller>       S:  <the stub's saved r11, popped by the stub>
     shadow stack: ... [top-1]          shadow stack: ... [top-1] [S, caller, tsc, R+10, site]
 
-    (the -pg stubs: S gets this thread's return trampoline instead, and the
-    entry's hook is that trampoline)
+    (-pg stubs, whose slot is [rbp+8]: the handler writes R+10 in S itself, and
+    the stub's call only puts R+10 on the CPU's return stack)
 
-A return hooked by a call comes back to its own call's return address, so
-the CPU predicts it; one hooked by rewriting S is mispredicted (about 8 ns).
+Either way the function's ``ret`` comes back to R+10, the return address of a
+call the stub made, so the CPU predicts it (see
+ktracecli.arch.x86_64.handler_call); R+10 jumps to the runtime's call return.
 
 Fast path, per call: find the thread's slot (one hash and compare), check the
 top entry (the caller's frame: its slot is above S), take the timestamp,
@@ -58,7 +58,6 @@ from ktracecli_function_graph.shadow import (
     saved_bytes,
     store_asm,
     thread_shadow_asm,
-    trampoline_asm,
 )
 
 #: the return into the engine stub (R), above the saved registers; the site index; the stub's saved r11
@@ -133,25 +132,26 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov eax, dword ptr [rsp+{SITE_INDEX}]
     mov dword ptr [rdx+{E_SITE}], eax
     mov qword ptr [rdx+{E_TSC}], r9
-    cmp byte ptr [rsp+{BY_CALL_FLAG}], 0
-    je .Ltrampoline
     mov rax, qword ptr [rsp+{STUB_RETURN}]
     add rax, {RETURN_POINT}
-.Lhook:
     mov qword ptr [rdx+{E_HOOK}], rax
     mov qword ptr [rdx+{E_SLOT}], r11
     {_record(layout, "e", Kind.ENTRY)}
     cmp byte ptr [rsp+{BY_CALL_FLAG}], 0
-    je .Lrewrite
+    je .Lframe
     mov rax, qword ptr [rsp+{STUB_R11}]
     mov qword ptr [r11], rax
     mov r11, qword ptr [rsp+{STUB_RETURN}]
     lea r11, [r11+{BY_CALL}]
     {restore_asm()}
     ret 16
-.Lrewrite:
+.Lframe:
     mov rax, qword ptr [rdx+{E_HOOK}]
     mov qword ptr [r11], rax
+    mov r11, qword ptr [rsp+{STUB_RETURN}]
+    lea r11, [r11+{BY_CALL}]
+    {restore_asm()}
+    ret 8
 .Lout:
     mov r11, qword ptr [rsp+{STUB_RETURN}]
     lea r11, [r11+{ON}]
@@ -171,11 +171,6 @@ def handler_source(layout: RuntimeLayout) -> str:
     call qword ptr [rax]
     {cpu_asm("r10") if rseq else ""}
     jmp .Lpush
-.Ltrampoline:
-    push rdx
-    {trampoline_asm(layout, "rax", "rdx")}
-    pop rdx
-    jmp .Lhook
 .Lnohook:
     cmp qword ptr [rsi+{SLOT_THRESH}], 0
     jne .Lout

@@ -43,7 +43,7 @@ class Kind(enum.IntEnum):
 
     ENTRY = 0      #: a call whose return is hooked: an EXIT or CLOSED record follows
     NOHOOK = 1     #: a call traced without return hooking (max_graph_depth, full shadow stack)
-    EXIT = 2       #: a return, through the return trampoline
+    EXIT = 2       #: a return, through the call return
     CLOSED = 3     #: a frame left without returning (longjmp, exception), found when the shadow stack resynchronised
 
 

@@ -2,55 +2,38 @@
 
 Placed once per process at ``layout.runtime``::
 
-    +0              .quad resync       the handlers call [runtime+0] (a slow path)
-    +8              call_return        returns hooked by a call: the stubs' return point
-                                       jumps to [handler-8], which holds runtime+8 (int3
-                                       fills the rest, up to +2048, never executed)
-    +2048 + 16 * i  slot i's entry     the returns of slot i's thread hooked by rewriting
-                                       their slot (-pg sites) land here:
-                    48 8d 64 24 f8       lea rsp, [rsp-8]     ; S holds where to go
-                    50                   push rax
-                    68 <i:4>             push i
-                    e9 <rel32>           jmp trampoline
-    +2048 + 16 * N  return trampoline  (N slots)
-    ...             resync routine
+    +0      .quad resync    the handlers call [runtime+0] (a slow path)
+    +8      call_return     where hooked returns go: the stubs' return point jumps to
+                            [handler-8], which holds runtime+8
+    ...     resync routine
     then, from RuntimeHook sources, one routine per hooked library function
 
-A return lands on its thread's own entry, so the trampoline knows the
-thread's slot without looking it up (no rdfsbase, no hash), and a thread
-whose fs base changed meanwhile (a static program setting up its TLS inside
-a traced call) still finds its frames.  Entered by the traced function's
-``ret`` with rsp = S + 8 (S: the slot it returned through)::
-
-    S+8 ->  caller's frame           (the entry: S cell, rax, slot index)
-    S:      <return target>  <----   save the flags and the registers below S
-    S-8..:  saved registers          pop the entries of slot S (a tail-call group:
-                                     each one's record; the first pushed holds
-                                     the caller's address), closing any dead
-                                     entries above them; restore registers;
-                                     lea rsp, [rsp+8]; jmp [rsp-8]
-
-The final ``jmp [rsp-8]`` (rather than ``ret``) keeps the CPU's return-stack
-predictions in step with the program's calls; a signal cannot clobber
-[rsp-8] meanwhile, as the kernel leaves the 128-byte red zone alone.  Nothing
-but rax, rdx, xmm0, xmm1 and the flags of the function's return matter to the
-caller, but every register is preserved (gcc -fipa-ra).
-
 The call return (see ktracecli.arch.x86_64.handler_call): entered from the
-stub's return point with rsp = S + 8, S being the slot its call used.  It
-finds the thread's slot by its fs base, pops the top entry (whose slot is
-S), closing dead entries above it, records the exit, puts the original
-return address back in S and returns with ``ret``, which matches the
-caller's own call.  A thread whose fs base changed since the entry (a static
-program setting up its TLS inside a traced call) finds no entry for S in its
-own shadow stack: every slot's stack is searched then (a slow path).
+stub's return point by the traced function's ``ret``, with rsp = S + 8, S
+being the slot it returned through::
 
-Resynchronisation: an entry above S's group in the shadow stack is a frame
-that was left without returning (longjmp): it is closed (a CLOSED record).
-If the shadow stack has no entry for S at all (only a program that switches
-between stacks of its own, which function_graph does not support, gets
-there), the trampoline cannot know where to return: it says so on stderr
-and stops the program with ud2.
+    S+8 ->  caller's frame
+    S:      <R+10>           <----   save the flags and the registers below S
+    S-8..:  saved registers          find the thread's slot by its fs base, pop
+                                     the top entry (whose slot is S), record the
+                                     exit, put the caller's return address back
+                                     in S, restore the registers; ret
+
+The ``ret`` matches the caller's own call, so the CPU predicts it.  Nothing
+but rax, rdx, xmm0, xmm1 and the flags of the function's return matter to the
+caller, but every register is preserved (gcc -fipa-ra).  A tail call's entry
+shares its caller's slot and holds the caller's hook as its return address:
+the caller's return point comes next, and pops the caller's entry.  A thread
+whose fs base changed since the entry (a static program setting up its TLS
+inside a traced call) finds no entry for S in its own shadow stack: every
+slot's stack is searched then (a slow path).
+
+Resynchronisation: an entry above S's in the shadow stack is a frame that
+was left without returning (longjmp): it is closed (a CLOSED record).  If no
+shadow stack has an entry for S at all (only a program that switches between
+stacks of its own, which function_graph does not support, gets there), the
+call return cannot know where to return: it says so on stderr and stops the
+program with ud2.
 
 Dead entries are also closed when a new call's slot shows them dead (see
 handler.py).  ``sigaltstack``: a signal handler running on an alternate stack
@@ -59,8 +42,9 @@ position the resync routine asks the kernel (sigaltstack(NULL, &old), once,
 only on this slow path) whether this code runs on the alternate stack, and
 keeps the entries that are not on it.
 
-C++ exceptions: the unwinder must never meet a trampoline's address, or it
-finds no unwind info there and calls std::terminate.  So, as uftrace does:
+C++ exceptions: the unwinder must never meet a hooked return address (a
+stub's return point), or it finds no unwind info there and calls
+std::terminate.  So, as uftrace does:
 
 - at the entry of ``_Unwind_RaiseException``, ``_Unwind_Resume``,
   ``_Unwind_Resume_or_Rethrow`` and ``_Unwind_ForcedUnwind`` (pthread_exit,
@@ -83,7 +67,7 @@ hooked: a backtrace taken inside traced frames stops at the first hooked one.
 from __future__ import annotations
 
 from ktracecli.interface import RuntimeCode, RuntimeHook
-from ktracecli.runtime.layout import (SLOT_SHIFT, SLOT_SIZE, SLOT_THRESH, RuntimeLayout, cpu_asm, reserve_asm,
+from ktracecli.runtime.layout import (SLOT_SIZE, SLOT_THRESH, RuntimeLayout, cpu_asm, reserve_asm,
                                      timestamp_asm)
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
@@ -96,9 +80,6 @@ from ktracecli_function_graph.shadow import (
     E_SLOT,
     H_TOP,
     H_UNWINDING,
-    SAVED,
-    TRAMPOLINES,
-    TRAMPOLINE_STUB,
     close_top_asm,
     exit_asm,
     find_slot_asm,
@@ -109,20 +90,12 @@ from ktracecli_function_graph.shadow import (
     shadow_asm,
     store_asm,
     thread_shadow_asm,
-    trampoline_addr,
 )
 
 UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind")
 CATCH_AT = ("__cxa_begin_catch",)
-#: what the trampoline saves besides shadow.SAVED (pop_asm and exit_asm use rbx and r12)
-SAVED_TOO = ("r11", "rbx", "r12")
 #: what the call return's fast path saves besides shadow.SAVED (its slow path pushes rbx and r12 too)
 CALL_RETURN_SAVED = ("r11",)
-#: the start of each per-slot entry: lea rsp, [rsp-8]; push rax
-LEA_RSP_MINUS_8 = bytes.fromhex("488d6424f8")
-PUSH_RAX = b"\x50"
-#: the rest of save_asm(SAVED_TOO) once rax, the flags and rcx are saved
-PUSHES_AFTER_RCX = "\n".join(f"    push {r}" for r in (*SAVED[1:], *SAVED_TOO))
 SYS_WRITE = 1
 SYS_SIGALTSTACK = 131
 SS_ONSTACK = 1
@@ -134,8 +107,6 @@ def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
     source = f"""
     .quad .Lresync
     {call_return_source(layout)}
-    .align {TRAMPOLINES}, 0xcc
-    {trampoline_source(layout)}
 .Lresync:
     {resync_source(layout)}
 """
@@ -143,67 +114,6 @@ def runtime_code(layout: RuntimeLayout) -> RuntimeCode:
     catch = catch_source(layout)
     hooks = (*(RuntimeHook(name, unhook) for name in UNHOOK_AT), *(RuntimeHook(name, catch) for name in CATCH_AT))
     return RuntimeCode(source, hooks)
-
-
-def trampoline_source(layout: RuntimeLayout) -> str:
-    """The per-slot entries and the return trampoline (see the module docstring), from runtime+TRAMPOLINES."""
-    table = layout.base + layout.slot_table
-    s_offset = saved_bytes(SAVED_TOO)
-    message = ", ".join(str(b) for b in LOST_MESSAGE)
-    common = layout.runtime + TRAMPOLINES + layout.nslots * TRAMPOLINE_STUB
-    stubs = []
-    for i in range(layout.nslots):
-        rel = common - (trampoline_addr(layout, i) + TRAMPOLINE_STUB)
-        code = LEA_RSP_MINUS_8 + PUSH_RAX + b"\x68" + i.to_bytes(4, "little") + b"\xe9" + rel.to_bytes(4, "little")
-        assert len(code) == TRAMPOLINE_STUB
-        stubs.append("    .byte " + ", ".join(str(b) for b in code))
-    stub_lines = "\n".join(stubs)
-    return f"""
-{stub_lines}
-    push rcx
-    mov rcx, qword ptr [rsp+8]
-    lahf
-    seto al
-    mov qword ptr [rsp+8], rax
-    {PUSHES_AFTER_RCX}
-    lea r11, [rsp+{s_offset}]
-    mov rsi, rcx
-    shl rsi, {SLOT_SHIFT}
-    movabs rax, {table:#x}
-    add rsi, rax
-    {shadow_asm(layout)}
-.Ltsearch:
-    mov r8, qword ptr [rdi]
-    {find_slot_asm("ts", ".Ltfound", ".Ltlost")}
-.Ltfound:
-    cmp rax, r8
-    jb .Ltclose
-.Ltpop:
-    {pop_exit_asm(layout, "t", ".Ltsearch")}
-    mov r8, qword ptr [rdi]
-    test r8, r8
-    jz .Ltdone
-    mov rax, r8
-    shl rax, {ENTRY_SHIFT}
-    cmp qword ptr [rdi+rax+{E_SLOT}], r11
-    je .Ltpop
-.Ltdone:
-    {restore_asm(SAVED_TOO)}
-    lea rsp, [rsp+8]
-    jmp qword ptr [rsp-8]
-.Ltclose:
-    {close_top_asm(layout, "tc", ".Ltsearch")}
-.Ltlost:
-    call .Ltwrite
-    .byte {message}
-.Ltwrite:
-    pop rsi
-    mov eax, {SYS_WRITE}
-    mov edi, 2
-    mov edx, {len(LOST_MESSAGE)}
-    syscall
-    ud2
-"""
 
 
 def pop_exit_asm(layout: RuntimeLayout, p: str, again: str) -> str:
@@ -232,6 +142,7 @@ def call_return_source(layout: RuntimeLayout) -> str:
     rseq = bool(layout.rseq_cpu)
     table = layout.base + layout.slot_table
     end = table + layout.nslots * SLOT_SIZE
+    message = ", ".join(str(b) for b in LOST_MESSAGE)
     return f"""
     lea rsp, [rsp-8]
     {save_asm(CALL_RETURN_SAVED)}
@@ -301,7 +212,15 @@ def call_return_source(layout: RuntimeLayout) -> str:
     movabs rax, {end:#x}
     cmp rsi, rax
     jb .Lcnext
-    jmp .Ltlost
+    call .Lcwrite
+    .byte {message}
+.Lcwrite:
+    pop rsi
+    mov eax, {SYS_WRITE}
+    mov edi, 2
+    mov edx, {len(LOST_MESSAGE)}
+    syscall
+    ud2
 """
 
 

@@ -14,8 +14,7 @@ whose thread gets the same slot index (see ``SharedRings.inherit``)::
                              entry below)
             +16  u64  tsc    entry time (tracing_thresh needs it at return)
             +24  u64  hook   what the slot holds while the return is hooked: the return
-                             point of the function's stub (hooked by a call) or the
-                             thread's return trampoline (hooked by rewriting the slot)
+                             point of the function's stub
             +32  u32  site   site index
 
 Entries are reserved with a non-locked ``cmpxchg`` on top (one instruction: a
@@ -71,29 +70,8 @@ def private_size(layout: RuntimeLayout) -> int:
     return layout.nslots * SHADOW_BYTES
 
 
-#: the runtime starts with resync's address, then the routine returns hooked by a call go to
+#: the runtime starts with resync's address, then the routine hooked returns go to
 CALL_RETURN = 8
-#: the runtime's per-slot entries into the return trampoline start here (the call return fits before)
-TRAMPOLINES = 2048
-#: bytes of one per-slot entry (see runtime.py)
-TRAMPOLINE_STUB = 16
-
-
-def trampoline_addr(layout: RuntimeLayout, slot: int) -> int:
-    """The return trampoline of slot ``slot``: what the hooked return slots of its thread hold."""
-    return layout.runtime + TRAMPOLINES + slot * TRAMPOLINE_STUB
-
-
-def trampoline_asm(layout: RuntimeLayout, dst: str, tmp: str) -> str:
-    """``dst`` = the return trampoline of the slot at rsi (its address / 8 maps onto the stubs).  Clobbers ``tmp``."""
-    table = layout.base + layout.slot_table
-    assert table % SLOT_SIZE == 0 and SLOT_SIZE // TRAMPOLINE_STUB == 8
-    k = (layout.runtime + TRAMPOLINES - table // 8) & (2**64 - 1)
-    return f"""
-    mov {dst}, rsi
-    shr {dst}, 3
-    movabs {tmp}, {k:#x}
-    add {dst}, {tmp}"""
 
 
 def save_asm(extra: tuple[str, ...] = ()) -> str:

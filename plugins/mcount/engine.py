@@ -2,7 +2,7 @@
 
 Like the kernel's dynamic ftrace: at start every site of a module is disabled
 (a NOP of the site's own length, so a -pg program no longer runs glibc's gprof
-``mcount`` either), and the site of each selected function calls a stub that
+``mcount`` either), and the site of each selected function jumps to a stub that
 calls the handler.  Heavy imports (capstone, numpy) happen on first use.
 """
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class McountEngine:
-    """Turns compiler-made call sites into NOPs, and the selected ones into jumps or calls to a stub."""
+    """Turns compiler-made call sites into NOPs, and the selected ones into jumps to a stub."""
 
     name: ClassVar[str] = "mcount"
     description: ClassVar[str] = ("use the call sites the compiler put at function entries (-pg, -mfentry, "
@@ -54,29 +54,29 @@ class McountEngine:
 
     def detour_size(self, site: FunctionSite) -> int:
         """The stub's size: the handler-call head, then a jump back (5 bytes) or a return (1)."""
-        from ktracecli.arch.x86_64.handler_call import HEAD_SIZE
+        from ktracecli.arch.x86_64.handler_call import FRAME_STUB_SIZE, HEAD_SIZE
 
         from .site import Slot
-        return HEAD_SIZE + 5 if _call(site).slot is Slot.ENTRY else HEAD_SIZE
+        return HEAD_SIZE + 5 if _call(site).slot is Slot.ENTRY else FRAME_STUB_SIZE
 
-    # The stub at S, for the site of L bytes (5 or more) at A in a function F; its head is
-    # arch.x86_64.handler_call's, which calls the handler and then goes on (or, at an entry,
-    # hooks F's return by calling the continuation):
-    #   site at F's entry (-mfentry, -mnop-mcount, patchable entry): jumped to, like a ktrace stub
+    # The stub at S, for the site of L bytes (5 or more) at A in a function F, is jumped to:
+    #     patch: 0f 1f 44 00 00 [nop]  ->  e9 <S:rel32> [nop]     (L-5 NOP bytes stay NOPs,
+    #                                                              never reached: the stub jumps to A+L)
+    # Its head is arch.x86_64.handler_call's, which calls the handler, then goes on or hooks
+    # F's return so that it comes back to the stub through a predicted return:
+    #   site at F's entry (-mfentry, -mnop-mcount, patchable entry): like a ktrace stub
     #     S+0:   head, slot [rsp+8] after its push r11
     #     S+35:  e9 <A+L:rel32>        jmp  A+L            ; the end of the site
-    #     patch: 0f 1f 44 00 00 [nop]  ->  e9 <S:rel32> [nop]     (L-5 NOP bytes stay NOPs)
-    #   site after push rbp; mov rbp, rsp (-pg): called, F's return address is at [rbp+8]
+    #   site after push rbp; mov rbp, rsp (-pg): F's return address is at [rbp+8]
     #     S+0:   head, slot [rbp+8]
-    #     S+34:  c3                    ret                 ; to A+L
-    #     patch: 5 bytes:  0f 1f 44 00 00      ->  e8 <S:rel32>        call S
-    #            6 bytes:  66 0f 1f 44 00 00   ->  2e e8 <S:rel32>     cs call S (one instruction: it
-    #                                                                  returns to A+6)
+    #     S+34:  e9 <A+L:rel32>        jmp  A+L
+    #     S+39:  48 8d 64 24 08        lea  rsp, [rsp+8]   ; after the call that filled the
+    #     S+44:  e9 <A+L:rel32>        jmp  A+L            ; CPU's return stack (see handler_call)
     def build(self, site: FunctionSite, bias: int, stub_addr: int, handler_addr: int,
               index: int) -> tuple[bytes, Patch]:
         """The stub for ``site`` at ``stub_addr`` and the patch that makes its site call it."""
-        from ktracecli.arch.x86_64 import RangeError, call_rel32_sized, jmp_rel32, nop, ret
-        from ktracecli.arch.x86_64.handler_call import handler_call
+        from ktracecli.arch.x86_64 import RangeError, jmp_rel32, nop
+        from ktracecli.arch.x86_64.handler_call import frame_stub, handler_call
 
         from .site import CALL_LENGTH, MAX_SINGLE, Slot
 
@@ -88,12 +88,11 @@ class McountEngine:
             if call.slot is Slot.ENTRY:
                 head = handler_call(stub_addr, handler_addr, index, 8)
                 stub = head + jmp_rel32(stub_addr + len(head), addr + call.length)
-                rest = call.length - CALL_LENGTH
-                pad = call.disabled[CALL_LENGTH:] if call.length > MAX_SINGLE else nop(rest) if rest else b""
-                new = jmp_rel32(addr, stub_addr) + pad
             else:
-                stub = handler_call(stub_addr, handler_addr, index, 8, frame=True) + ret()
-                new = call_rel32_sized(addr, stub_addr, call.length)
+                stub = frame_stub(stub_addr, handler_addr, index, addr + call.length)
+            rest = call.length - CALL_LENGTH
+            pad = call.disabled[CALL_LENGTH:] if call.length > MAX_SINGLE else nop(rest) if rest else b""
+            new = jmp_rel32(addr, stub_addr) + pad
         except RangeError as exc:
             raise PatchError(f"{site.name}: the stub at {stub_addr:#x} is out of reach: {exc}") from None
         assert len(stub) <= self.detour_size(site)

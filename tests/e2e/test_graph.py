@@ -1,7 +1,8 @@
 """The function_graph tracer on real programs, with both engines.
 
 Each program (tests/programs/graph_*.c, graph_exceptions.cc) is built for the ktrace
-engine (-O2 and -O0) and for the mcount engine (-O2 -pg -mfentry), run untraced and
+engine (-O2 and -O0) and for the mcount engine (-O2 -pg -mfentry, and -O2 -pg, whose sites
+come after the prologue), run untraced and
 traced: its stdout and exit status must not change, the call tree ``show --per-thread``
 prints must be the one written below by hand from the program's source (durations,
 CPUs and ids normalised away), and every function must be entered and left as often
@@ -29,9 +30,11 @@ from conftest import (Builder, GraphOutput, Ktrace, Run, Summary, Variant, asser
 O2 = Variant("graph-O2", ("-O2",))
 O0 = Variant("graph-O0", ("-O0",))
 FENTRY = Variant("graph-O2-pg-fentry", ("-O2", "-pg", "-mfentry", "-DFENTRY"))
+#: -pg alone: the site is after the prologue, the return slot at [rbp+8]
+PG = Variant("graph-O2-pg", ("-O2", "-pg", "-DMCOUNT"))
 #: (engine, build) pairs every tree test runs with
-BUILDS = [("ktrace", O2), ("ktrace", O0), ("mcount", FENTRY)]
-BUILD_IDS = ["ktrace-O2", "ktrace-O0", "mcount-fentry-O2"]
+BUILDS = [("ktrace", O2), ("ktrace", O0), ("mcount", FENTRY), ("mcount", PG)]
+BUILD_IDS = ["ktrace-O2", "ktrace-O0", "mcount-fentry-O2", "mcount-pg-O2"]
 
 
 @dataclass

@@ -7,8 +7,9 @@
  *   main ─► flag_probe ─► flag_leaf                (returns with CF set: asm below)
  *   main ─► slow                                   (sleeps SLOW_US microseconds, if > 0)
  *
- * Build with -DFENTRY under -pg -mfentry, so that the two assembly functions have the
- * compiler's entry call too.
+ * Build with -DFENTRY under -pg -mfentry, or -DMCOUNT under -pg, so that the two assembly
+ * functions have the compiler's entry call too (-pg: after push rbp; mov rbp, rsp, as gcc
+ * -O2 puts it, the frame popped right after).
  *
  * Usage: graph_basic [FACT_N [CHAIN_N [SLOW_US]]]   (default 3 2 0)
  * stdout: "count NAME N" per function, the results, and "returns ok" when every value
@@ -20,8 +21,10 @@
 
 #define TRACED __attribute__((noipa))
 #define BARRIER() __asm__ volatile("" ::: "memory")
-#ifdef FENTRY
+#if defined(FENTRY)
 #define FENTRY_CALL "    call __fentry__@PLT\n"
+#elif defined(MCOUNT)
+#define FENTRY_CALL "    pushq %rbp\n    movq %rsp, %rbp\n    call *mcount@GOTPCREL(%rip)\n    popq %rbp\n"
 #else
 #define FENTRY_CALL ""
 #endif

@@ -185,25 +185,31 @@ def test_stub_follows_the_handler_abi(slot: Slot, length: int, lea: str) -> None
     r = insns[4].addr
     continuation = stub[r + ON - stub_addr:]
     assert continuation[:2] == b"\x41\x5b", "pop r11 at R + ON"
+    # the call path: pop r11; a call; its return point R+10 jumps to [handler-8]
+    by_call = list(X86().decode(stub[r + BY_CALL - stub_addr:r + ON - stub_addr], r + BY_CALL))
+    assert [str(i) for i in by_call[:1]] == ["pop r11"]
+    assert by_call[2].addr == r + RETURN_POINT and stub[by_call[2].addr - stub_addr:][:2] == b"\xff\x25"
+    disp = struct.unpack("<i", stub[by_call[2].addr - stub_addr + 2:][:4])[0]
+    assert r + ON + disp == handler - 8
+    # after pop r11 at R+ON, the jump back to the end of the site
+    back = bias + 0x1234 + length
+    (jump,) = X86().decode(continuation[2:7], r + ON + 2)
+    assert (jump.kind, jump.target) == (Kind.JMP_REL, back)
     if slot is Slot.ENTRY:
-        # the call path: pop r11; call the continuation; its return point jumps to [handler-8]
-        by_call = list(X86().decode(stub[r + BY_CALL - stub_addr:r + ON - stub_addr], r + BY_CALL))
-        assert [str(i) for i in by_call[:1]] == ["pop r11"]
+        # the call is the call of the function's body: the continuation
         assert (by_call[1].kind, by_call[1].target) == (Kind.CALL_REL, r + ON + 2)
-        assert by_call[2].addr == r + RETURN_POINT and stub[by_call[2].addr - stub_addr:][:2] == b"\xff\x25"
-        disp = struct.unpack("<i", stub[by_call[2].addr - stub_addr + 2:][:4])[0]
-        assert r + ON + disp == handler - 8
-        # then the jump back to the end of the site, which jumps to the stub
-        (back,) = X86().decode(continuation[2:], r + ON + 2)
-        assert (back.kind, back.target) == (Kind.JMP_REL, bias + 0x1234 + length)
-        (insn,) = X86().decode(patch.new, patch.addr)
-        assert (insn.kind, insn.target) == (Kind.JMP_REL, stub_addr)
     else:
-        assert stub[r + BY_CALL - stub_addr:r + ON - stub_addr] == b"\xcc" * (ON - BY_CALL)
-        assert continuation[2:] == b"\xc3"
-        # the site: disabled NOP -> one call instruction of the same length, to the stub
-        (insn,) = X86().decode(patch.new, patch.addr)
-        assert (insn.kind, insn.target, insn.size) == (Kind.CALL_REL, stub_addr, length)
+        # -pg: the call only puts R+10 on the return stack; where it lands, the pushed
+        # address is dropped and the stub jumps back to the end of the site
+        landing = r + ON + 2 + 5
+        assert (by_call[1].kind, by_call[1].target) == (Kind.CALL_REL, landing)
+        drop, jump = X86().decode(stub[landing - stub_addr:], landing)
+        assert str(drop) == "lea rsp, [rsp + 8]"
+        assert (jump.kind, jump.target) == (Kind.JMP_REL, back)
+    # the site: its disabled NOP -> a jump to the stub (the rest of a 6-byte site never runs)
+    insn = next(iter(X86().decode(patch.new, patch.addr)))
+    assert (insn.kind, insn.target, insn.size) == (Kind.JMP_REL, stub_addr, 5)
+    assert len(patch.new) == length
     assert (patch.addr, patch.original) == (bias + 0x1234, nop)
 
 

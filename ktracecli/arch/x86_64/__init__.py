@@ -9,7 +9,6 @@ from ktracecli.arch.x86_64.encode import (
     RangeError,
     call_abs,
     call_rel32,
-    call_rel32_sized,
     jcc_rel32,
     jmp_abs,
     jmp_rel32,
@@ -21,7 +20,6 @@ from ktracecli.arch.x86_64.encode import (
     push_imm32,
     push_return_address,
     rel32,
-    ret,
 )
 from ktracecli.arch.x86_64.frame import frame_pointer_refusal
 from ktracecli.arch.x86_64.relocate import Relocated, RelocationError, relocate
@@ -30,6 +28,6 @@ __all__ = [
     "ENDS_FLOW", "BranchScan", "DecodeError", "Insn", "Kind", "X86",
     "RangeError", "call_abs", "call_rel32", "jcc_rel32", "jmp_abs", "jmp_rel32", "lea_r11_rsp", "pop_r11", "push_r11",
     "push_imm32", "push_return_address", "rel32",
-    "call_rel32_sized", "lea_r11_rbp", "nop", "ret", "frame_pointer_refusal",
+    "lea_r11_rbp", "nop", "frame_pointer_refusal",
     "Relocated", "RelocationError", "relocate",
 ]

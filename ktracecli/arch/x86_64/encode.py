@@ -126,13 +126,6 @@ def lea_r11_rbp(disp: int) -> bytes:
     return b"\x4c\x8d\x5d" + struct.pack("<b", disp)
 
 
-# ret:
-#   c3
-def ret() -> bytes:
-    """``ret`` (1 byte)."""
-    return b"\xc3"
-
-
 #: the single-instruction NOPs the SDM recommends, by length (the disabled form of a call site)
 _NOPS = {
     1: b"\x90",                                    # nop
@@ -153,15 +146,3 @@ def nop(size: int) -> bytes:
         return _NOPS[size]
     except KeyError:
         raise ValueError(f"no {size}-byte NOP instruction is generated") from None
-
-
-# call rel32 filling `size` bytes as ONE instruction, with CS segment-override prefixes
-# (ignored in 64-bit mode; the kernel pads its call sites the same way), so that the
-# return address is src+size, the end of the site, whatever its length:
-#   size 5:  e8 d0 d1 d2 d3          call dst
-#   size 6:  2e e8 d0 d1 d2 d3       cs call dst      ; d = dst - (src + 6)
-def call_rel32_sized(src: int, dst: int, size: int) -> bytes:
-    """``call dst`` placed at ``src``, one instruction of ``size`` bytes (5 or 6)."""
-    if size not in (5, 6):
-        raise ValueError(f"no {size}-byte form of call rel32 is generated")
-    return b"\x2e" * (size - 5) + b"\xe8" + rel32(src + size, dst)

@@ -71,7 +71,7 @@ class McountEngine:
     #     S+0:   head, slot [rbp+8]
     #     S+34:  e9 <A+L:rel32>        jmp  A+L
     #     S+39:  48 8d 64 24 08        lea  rsp, [rsp+8]   ; after the call that filled the
-    #     S+44:  e9 <A+L:rel32>        jmp  A+L            ; CPU's return stack (see handler_call)
+    #     S+44:  eb f4                 jmp  S+34           ; CPU's return stack (see handler_call)
     def build(self, site: FunctionSite, bias: int, stub_addr: int, handler_addr: int,
               index: int) -> tuple[bytes, Patch]:
         """The stub for ``site`` at ``stub_addr`` and the patch that makes its site call it."""

@@ -205,7 +205,7 @@ def test_stub_follows_the_handler_abi(slot: Slot, length: int, lea: str) -> None
         assert (by_call[1].kind, by_call[1].target) == (Kind.CALL_REL, landing)
         drop, jump = X86().decode(stub[landing - stub_addr:], landing)
         assert str(drop) == "lea rsp, [rsp + 8]"
-        assert (jump.kind, jump.target) == (Kind.JMP_REL, back)
+        assert (jump.kind, jump.target) == (Kind.JMP_REL, r + ON + 2)
     # the site: its disabled NOP -> a jump to the stub (the rest of a 6-byte site never runs)
     insn = next(iter(X86().decode(patch.new, patch.addr)))
     assert (insn.kind, insn.target, insn.size) == (Kind.JMP_REL, stub_addr, 5)

@@ -32,7 +32,8 @@ else costs a mispredicted return (about 8 ns here).
   pushed address and jumps back into the function like the continuation at
   R+18 does (the stack below rsp was the site's to use: a call to mcount
   pushed there too).  The function's ``ret`` then takes R+10 from the slot,
-  as predicted.
+  as predicted.  (The landing is ``lea rsp, [rsp+8]`` and a short jump to
+  R+18: a -pg stub takes 46 bytes.)
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ HANDLER_ENTRY = 8
 HEAD_SIZE = 2 + 5 + 5 + 5 + CONTINUATION
 #: lea rsp, [rsp+8]: the -pg stubs' landing for the call that only fills the return stack
 DROP_RETURN = bytes.fromhex("488d642408")
-#: bytes of a whole -pg stub: its head, the jump back, then the landing and its jump back
-FRAME_STUB_SIZE = HEAD_SIZE - 1 + 5 + len(DROP_RETURN) + 5
+#: jmp short R+CONTINUATION (rel8), after the landing's lea: the jump back there serves both
+JMP_SHORT = 0xEB
+#: bytes of a whole -pg stub: its head, the jump back, then the landing and its short jump
+FRAME_STUB_SIZE = HEAD_SIZE - 1 + 5 + len(DROP_RETURN) + 2
 
 JMP_R11 = b"\x41\xff\xe3"
 
@@ -73,9 +76,10 @@ def frame_stub(stub_addr: int, handler_addr: int, index: int, back: int) -> byte
     head = push_r11() + lea_r11_rbp(8) + push_imm32(index)
     landing = CONTINUATION + 5
     stub = _tail(head, stub_addr, handler_addr, landing)
+    continuation = len(stub)
     stub += jmp_rel32(stub_addr + len(stub), back)
     stub += DROP_RETURN
-    stub += jmp_rel32(stub_addr + len(stub), back)
+    stub += bytes([JMP_SHORT, (continuation - (len(stub) + 2)) & 0xFF])
     assert len(stub) == FRAME_STUB_SIZE
     return stub
 

@@ -101,7 +101,11 @@ class Tracee:
                 continue
 
     def run_to(self, tid: int, addr: int) -> None:
-        """Resume ``tid`` until it reaches ``addr`` (a one-off hardware breakpoint, not a code patch)."""
+        """Resume ``tid`` until it reaches ``addr`` (a one-off hardware breakpoint, not a code patch).
+
+        Used once, to stop a new program at its entry point before patching it: a one-off
+        trap at start, never one per traced call.
+        """
         ptrace.set_debugreg(tid, 0, addr)
         ptrace.set_debugreg(tid, 7, 1)  # L0 enabled, break on execution, length 1
         deliver = 0

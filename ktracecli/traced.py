@@ -166,7 +166,7 @@ class TracedProcess:
             rings.unlink()
         rings.set_graph_limits(*sh.graph_limits)
         abi = threadabi.probe(self.modules, self.tracee.read)
-        rings.layout = dataclasses.replace(rings.layout, tcb_self=abi.tcb_self, rseq_cpu=abi.rseq_cpu)
+        rings.layout = dataclasses.replace(rings.layout, **dataclasses.asdict(abi))
         self.rings = rings
         self.installer = Installer(self.tracee, caller, sh.engine, sh.tracer, rings.layout)
         self.installer.guard = self._guard

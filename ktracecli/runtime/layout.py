@@ -23,19 +23,15 @@ A slot (two cache lines: the producer's fields, then the consumer's)::
                         (max_graph_depth - 1, modulo 2**64: 0 = unlimited)
     +80  thresh    u64  function_graph: tracing_thresh in TSC ticks (0 = off)
 
-The two function_graph knobs are kept in every slot (ktracecli writes them all)
-so that the tracee's code reads them next to the slot's other fields; the
-control page keeps the values set, for a forked child's file.
+The kernel's two function_graph knobs, ``max_graph_depth`` and ``tracing_thresh``
+(converted from microseconds to TSC ticks), are kept in every slot (ktracecli
+writes them all) so that the tracee's code reads them next to the slot's other
+fields.
 
 A record is complete when its commit word, written last by the producer, holds
 the value its reservation index calls for.  By default the commit word is a
 record's last u32 and must equal the low 32 bits of index + 1; a tracer with
 smaller records may keep a few lap bits instead (see :class:`CommitWord`).
-
-The control page also holds the kernel's two function_graph knobs:
-``max_graph_depth`` (0 = unlimited) and ``tracing_thresh`` (converted from
-microseconds to TSC ticks; 0 = off); the tracee's code reads their copies in
-its slot.
 """
 
 from __future__ import annotations
@@ -63,9 +59,6 @@ CTRL_HEARTBEAT = 32
 #: u32: map changes announced by the loader hook (it adds 1 per call); u32: those ktracecli handled
 CTRL_DL_REQUEST = 40
 CTRL_DL_ACK = 44
-#: u64: function_graph's max_graph_depth (0 = unlimited) and tracing_thresh (TSC ticks, 0 = off)
-CTRL_MAX_GRAPH_DEPTH = 48
-CTRL_TRACING_THRESH = 56
 #: offsets in a slot of the function_graph knobs' copies (see the slot layout above)
 SLOT_DEPTH_MAX = 72
 SLOT_THRESH = 80
@@ -253,6 +246,30 @@ def timestamp_asm(cpu_known: bool = False) -> str:
     if "rdpid" in cpu_flags():
         return "rdtsc\n    " + rdpid_asm("rcx")
     return "rdtscp"
+
+
+def stamp_asm(dst: str, cpu: str | None = None, cpu_known: bool = False) -> str:
+    """``dst`` = the full TSC, and the 32-bit ``cpu`` = TSC_AUX unless the slot lookup gave it.
+
+    Clobbers rax, rdx and (unless ``cpu_known``) rcx.
+    """
+    lines = [timestamp_asm(cpu_known), "shl rdx, 32", "or rax, rdx"]
+    if dst != "rax":
+        lines.append(f"mov {dst}, rax")
+    if cpu is not None and not cpu_known and cpu != "ecx":
+        lines.append(f"mov {cpu}, ecx")
+    return "\n    ".join(lines)
+
+
+def lap_asm(layout: RuntimeLayout, dst: str, index: str) -> str:
+    """``dst`` = the lap of reservation ``index``, plus 1: what its record's commit bits hold.
+
+    (index >> log2(capacity)) + 1 == (index + capacity) >> log2(capacity).
+    """
+    add = (f"lea {dst}, [{index}+{layout.capacity:#x}]" if layout.capacity < 2**31
+           else f"movabs {dst}, {layout.capacity:#x}\n    add {dst}, {index}")
+    return f"""{add}
+    shr {dst}, {layout.capacity_bits}"""
 
 
 _REGS64 = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")

@@ -21,9 +21,7 @@ from ktracecli.runtime.layout import (
     CTRL_HEARTBEAT,
     CTRL_LOST_NO_SLOT,
     CTRL_MAGIC,
-    CTRL_MAX_GRAPH_DEPTH,
     CTRL_NSLOTS,
-    CTRL_TRACING_THRESH,
     MAGIC,
     RuntimeLayout,
     Slot,
@@ -60,8 +58,6 @@ class SharedRings:
         ctypes.c_uint64.from_buffer(self.mm, CTRL_MAGIC).value = MAGIC
         ctypes.c_uint64.from_buffer(self.mm, CTRL_NSLOTS).value = layout.nslots
         self._lost_no_slot = ctypes.c_uint64.from_buffer(self.mm, CTRL_LOST_NO_SLOT)
-        self._max_graph_depth = ctypes.c_uint64.from_buffer(self.mm, CTRL_MAX_GRAPH_DEPTH)
-        self._tracing_thresh = ctypes.c_uint64.from_buffer(self.mm, CTRL_TRACING_THRESH)
         self._heartbeat = ctypes.c_uint64.from_buffer(self.mm, CTRL_HEARTBEAT)
         self._dl_request = ctypes.c_uint32.from_buffer(self.mm, CTRL_DL_REQUEST)
         self._dl_ack = ctypes.c_uint32.from_buffer(self.mm, CTRL_DL_ACK)
@@ -122,9 +118,8 @@ class SharedRings:
         return int(self._lost_no_slot.value)
 
     def set_graph_limits(self, max_graph_depth: int, tracing_thresh_ticks: int) -> None:
-        """Write the function_graph knobs (0 = unlimited / off) to the control page and every slot."""
-        self._max_graph_depth.value = max_graph_depth
-        self._tracing_thresh.value = tracing_thresh_ticks
+        """Write the function_graph knobs (0 = unlimited / off) to every slot."""
+        self.graph_limits = (max_graph_depth, tracing_thresh_ticks)
         depth_max = (max_graph_depth - 1) & (2**64 - 1)
         for slot in self.slots:
             slot.depth_max = depth_max
@@ -146,7 +141,7 @@ class SharedRings:
         in private memory, which fork copied (function_graph's shadow stack), is
         found at the same place.  ``index`` None: the forking thread had no slot.
         """
-        self.set_graph_limits(parent._max_graph_depth.value, parent._tracing_thresh.value)
+        self.set_graph_limits(*parent.graph_limits)
         if index is not None:
             slot = self.slots[index]
             slot.key = key

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ktracecli.arch.x86_64.handler_call import ON
-from ktracecli.runtime.layout import RuntimeLayout, reserve_asm, slot_lookup_asm, timestamp_asm
+from ktracecli.runtime.layout import RuntimeLayout, lap_asm, reserve_asm, slot_lookup_asm, stamp_asm
 
 from ktracecli_function.records import CPU_MASK, PARENT_BITS, SITE_BITS, TSC_SHIFT
 
@@ -24,9 +24,6 @@ def handler_source(layout: RuntimeLayout) -> str:
     lap above the caller's address, one instruction each.
     """
     rseq = bool(layout.rseq_cpu)
-    # rdi = lap + 1 = (index >> log2(capacity)) + 1 = (index + capacity) >> log2(capacity)
-    lap = (f"lea rdi, [rdx+{layout.capacity:#x}]" if layout.capacity < 2**31
-           else f"movabs rdi, {layout.capacity:#x}\n    add rdi, rdx")
     tsc_top = 64 - (TSC_SHIFT + (64 - SITE_BITS))  # high TSC bits dropped: shl by this, then shrd
     return f"""
     .quad 0
@@ -41,15 +38,12 @@ def handler_source(layout: RuntimeLayout) -> str:
     {slot_lookup_asm(layout, found=".Lslot", full=".Lout", cpu="rcx" if rseq else None)}
 .Lslot:
     {reserve_asm("r", "rdx", dropped=".Lout")}
-    {lap}
-    shr rdi, {layout.capacity_bits}
+    {lap_asm(layout, "rdi", "rdx")}
     and rdx, qword ptr [rsi+24]
     shl rdx, 4
     add rdx, qword ptr [rsi+16]
     mov rsi, rdx
-    {timestamp_asm(cpu_known=rseq)}
-    shl rdx, 32
-    or rax, rdx
+    {stamp_asm("rax", cpu_known=rseq)}
     mov edx, dword ptr [rsp+{SITE_INDEX}]
     shl rax, {tsc_top}
     shrd rax, rdx, {SITE_BITS}

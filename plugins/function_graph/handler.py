@@ -38,7 +38,7 @@ Other paths:
 from __future__ import annotations
 
 from ktracecli.arch.x86_64.handler_call import BY_CALL, ON, RETURN_POINT
-from ktracecli.runtime.layout import SLOT_DEPTH_MAX, SLOT_THRESH, RuntimeLayout, cpu_asm, timestamp_asm
+from ktracecli.runtime.layout import SLOT_DEPTH_MAX, SLOT_THRESH, RuntimeLayout, cpu_asm, stamp_asm
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 from ktracecli_function_graph.shadow import (
@@ -54,10 +54,12 @@ from ktracecli_function_graph.shadow import (
     H_UNWINDING,
     reserve_asm,
     restore_asm,
+    same_slot_asm,
     save_asm,
     saved_bytes,
     store_asm,
     thread_shadow_asm,
+    top_entry_asm,
 )
 
 #: the return into the engine stub (R), above the saved registers; the site index; the stub's saved r11
@@ -98,20 +100,11 @@ def handler_source(layout: RuntimeLayout) -> str:
     setc byte ptr [rsp+{BY_CALL_FLAG}]
     {thread_shadow_asm(layout, "h", full=".Lout", on_new=".Lcheck", cpu="r10" if rseq else None)}
 .Lcheck:
-    mov r8, qword ptr [rdi+{H_TOP}]
-    mov rax, r8
-    shl rax, {ENTRY_SHIFT}
-    mov rcx, qword ptr [rdi+rax+{E_SLOT}]
-    cmp rcx, r11
-    jbe .Lnotabove
+    {top_entry_asm("h", keep=".Lpush", dead=".Lresync")}
     cmp qword ptr [rdi+{H_UNWINDING}], 0
     jne .Lresync
 .Lpush:
-    {timestamp_asm(cpu_known=rseq)}
-    shl rdx, 32
-    or rax, rdx
-    mov r9, rax
-    {"" if rseq else "mov r10d, ecx"}
+    {stamp_asm("r9", "r10d", cpu_known=rseq)}
     cmp r8, {CAPACITY}
     jae .Lnohook
     cmp r8, qword ptr [rsi+{SLOT_DEPTH_MAX}]
@@ -150,22 +143,14 @@ def handler_source(layout: RuntimeLayout) -> str:
     mov qword ptr [r11], rax
     mov r11, qword ptr [rsp+{STUB_RETURN}]
     lea r11, [r11+{BY_CALL}]
-    {restore_asm()}
-    ret 8
+    jmp .Lleave
 .Lout:
     mov r11, qword ptr [rsp+{STUB_RETURN}]
     lea r11, [r11+{ON}]
+.Lleave:
     {restore_asm()}
     ret 8
-.Lnotabove:
-    jb .Lbelow
-    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
-    cmp qword ptr [r11], rdx
-    je .Lpush
-    jmp .Lresync
-.Lbelow:
-    test rcx, rcx
-    jz .Lpush
+    {same_slot_asm("h", keep=".Lpush", dead=".Lresync")}
 .Lresync:
     movabs rax, {layout.runtime:#x}
     call qword ptr [rax]

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from ktracecli.interface import RuntimeCode, RuntimeHook
 from ktracecli.runtime.layout import (SLOT_SIZE, SLOT_THRESH, RuntimeLayout, cpu_asm, reserve_asm,
-                                     timestamp_asm)
+                                     stamp_asm)
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
 from ktracecli_function_graph.shadow import (
@@ -85,11 +85,13 @@ from ktracecli_function_graph.shadow import (
     find_slot_asm,
     pop_asm,
     restore_asm,
+    same_slot_asm,
     save_asm,
     saved_bytes,
     shadow_asm,
     store_asm,
     thread_shadow_asm,
+    top_entry_asm,
 )
 
 UNHOOK_AT = ("_Unwind_RaiseException", "_Unwind_Resume", "_Unwind_Resume_or_Rethrow", "_Unwind_ForcedUnwind")
@@ -149,11 +151,7 @@ def call_return_source(layout: RuntimeLayout) -> str:
     lea r11, [rsp+{saved_bytes(CALL_RETURN_SAVED)}]
     {thread_shadow_asm(layout, "cr", full=".Lcslow", on_new=".Lcslow", cpu="r10" if rseq else None)}
 .Lcfast:
-    {timestamp_asm(cpu_known=rseq)}
-    shl rdx, 32
-    or rax, rdx
-    mov r9, rax
-    {"" if rseq else "mov r10d, ecx"}
+    {stamp_asm("r9", "r10d", cpu_known=rseq)}
     mov r8, qword ptr [rdi+{H_TOP}]
     mov rdx, r8
     shl rdx, {ENTRY_SHIFT}
@@ -212,6 +210,8 @@ def call_return_source(layout: RuntimeLayout) -> str:
     movabs rax, {end:#x}
     cmp rsi, rax
     jb .Lcnext
+    # no shadow stack holds S: the return address is lost, so say so and stop the program
+    # (ud2); never reached on a traced call's path, which always finds its entry
     call .Lcwrite
     .byte {message}
 .Lcwrite:
@@ -243,22 +243,7 @@ def resync_source(layout: RuntimeLayout) -> str:
     lea rsp, [rsp-32]
     mov qword ptr [rsp+24], 0
 .Lrloop:
-    mov r8, qword ptr [rdi]
-    test r8, r8
-    jz .Lrdone
-    mov rax, r8
-    shl rax, {ENTRY_SHIFT}
-    mov rcx, qword ptr [rdi+rax+{E_SLOT}]
-    test rcx, rcx
-    jz .Lrdone
-    cmp rcx, r11
-    ja .Lrabove
-    jb .Lrcandidate
-    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
-    cmp qword ptr [r11], rdx
-    je .Lrdone
-    jmp .Lrcandidate
-.Lrabove:
+    {top_entry_asm("rt", keep=".Lrdone", dead=".Lrcandidate")}
     cmp qword ptr [rdi+{H_UNWINDING}], 0
     je .Lrdone
     mov rdx, qword ptr [rcx]
@@ -305,6 +290,7 @@ def resync_source(layout: RuntimeLayout) -> str:
     pop r12
     pop rbx
     ret
+    {same_slot_asm("rt", keep=".Lrdone", dead=".Lrcandidate")}
 """
 
 

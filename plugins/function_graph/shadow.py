@@ -42,8 +42,9 @@ from ktracecli.runtime.layout import (
     SLOT_THRESH,
     RuntimeLayout,
     reserve_asm,
+    lap_asm,
     slot_lookup_asm,
-    timestamp_asm,
+    stamp_asm,
 )
 
 from ktracecli_function_graph.records import CPU_MASK, CPU_SHIFT, KIND_SHIFT, Kind
@@ -131,6 +132,41 @@ def thread_shadow_asm(layout: RuntimeLayout, p: str, full: str, on_new: str, cpu
     {shadow_asm(layout)}"""
 
 
+def top_entry_asm(p: str, keep: str, dead: str) -> str:
+    """How the top entry of the shadow stack at rdi stands to a new call made at slot r11.
+
+    Out: r8 = top, rax = top << ENTRY_SHIFT, rcx = the top entry's slot.  Goes to
+    ``keep`` when the stack is empty (the header's first word, top, is then 0) or
+    the top entry is incomplete (slot 0: code this one interrupted is writing
+    it); to ``dead`` when its slot is below r11; to .L{p}same (see
+    :func:`same_slot_asm`, which the caller places out of the way) when it is
+    r11; and falls through when it is above r11: the caller's frame, unless an
+    exception is unwinding.  Clobbers the flags.
+    """
+    return f"""
+    mov r8, qword ptr [rdi+{H_TOP}]
+    mov rax, r8
+    shl rax, {ENTRY_SHIFT}
+    mov rcx, qword ptr [rdi+rax+{E_SLOT}]
+    test rcx, rcx
+    jz {keep}
+    cmp rcx, r11
+    jb {dead}
+    je .L{p}same"""
+
+
+def same_slot_asm(p: str, keep: str, dead: str) -> str:
+    """The top entry's slot is r11 (after :func:`top_entry_asm`): a tail call (``keep``) while
+    the slot still holds the entry's hook, else a frame left without returning (``dead``).
+    Clobbers rdx and the flags."""
+    return f"""
+.L{p}same:
+    mov rdx, qword ptr [rdi+rax+{E_HOOK}]
+    cmp qword ptr [r11], rdx
+    je {keep}
+    jmp {dead}"""
+
+
 def find_slot_asm(p: str, found: str, missing: str) -> str:
     """Search the shadow stack at rdi down from r8 (its top) for the entry whose slot is r11.
 
@@ -161,14 +197,10 @@ def store_asm(layout: RuntimeLayout, p: str, index: str, tsc: str, meta: str, tm
 
     Clobbers ``index``, ``meta``, ``tmp`` and the flags.
     """
-    # (index >> log2(capacity)) + 1 == (index + capacity) >> log2(capacity)
-    lap = (f"lea {tmp}, [{index}+{layout.capacity:#x}]" if layout.capacity < 2**31
-           else f"movabs {tmp}, {layout.capacity:#x}\n    add {tmp}, {index}")
     return f"""
     cmp {index}, -1
     je .L{p}stored
-    {lap}
-    shr {tmp}, {layout.capacity_bits}
+    {lap_asm(layout, tmp, index)}
     shl {tmp}, 56
     or {meta}, {tmp}
     and {index}, qword ptr [rsi+24]
@@ -229,11 +261,7 @@ def pop_asm(p: str, fail: str) -> str:
     rcx, rdx, r9, r10, rbx, r12.
     """
     return f"""
-    {timestamp_asm()}
-    shl rdx, 32
-    or rax, rdx
-    mov rbx, rax
-    mov r10d, ecx
+    {stamp_asm("rbx", "r10d")}
     mov rdx, r8
     shl rdx, {ENTRY_SHIFT}
     add rdx, rdi

@@ -54,7 +54,7 @@ from ktracecli_function_graph.shadow import (
     H_UNWINDING,
     reserve_asm,
     restore_asm,
-    same_slot_asm,
+    not_above_asm,
     save_asm,
     saved_bytes,
     store_asm,
@@ -100,7 +100,7 @@ def handler_source(layout: RuntimeLayout) -> str:
     setc byte ptr [rsp+{BY_CALL_FLAG}]
     {thread_shadow_asm(layout, "h", full=".Lout", on_new=".Lcheck", cpu="r10" if rseq else None)}
 .Lcheck:
-    {top_entry_asm("h", keep=".Lpush", dead=".Lresync")}
+    {top_entry_asm("h")}
     cmp qword ptr [rdi+{H_UNWINDING}], 0
     jne .Lresync
 .Lpush:
@@ -150,7 +150,7 @@ def handler_source(layout: RuntimeLayout) -> str:
 .Lleave:
     {restore_asm()}
     ret 8
-    {same_slot_asm("h", keep=".Lpush", dead=".Lresync")}
+    {not_above_asm("h", keep=".Lpush", dead=".Lresync")}
 .Lresync:
     movabs rax, {layout.runtime:#x}
     call qword ptr [rax]

@@ -85,7 +85,7 @@ from ktracecli_function_graph.shadow import (
     find_slot_asm,
     pop_asm,
     restore_asm,
-    same_slot_asm,
+    not_above_asm,
     save_asm,
     saved_bytes,
     shadow_asm,
@@ -243,7 +243,7 @@ def resync_source(layout: RuntimeLayout) -> str:
     lea rsp, [rsp-32]
     mov qword ptr [rsp+24], 0
 .Lrloop:
-    {top_entry_asm("rt", keep=".Lrdone", dead=".Lrcandidate")}
+    {top_entry_asm("rt")}
     cmp qword ptr [rdi+{H_UNWINDING}], 0
     je .Lrdone
     mov rdx, qword ptr [rcx]
@@ -290,7 +290,7 @@ def resync_source(layout: RuntimeLayout) -> str:
     pop r12
     pop rbx
     ret
-    {same_slot_asm("rt", keep=".Lrdone", dead=".Lrcandidate")}
+    {not_above_asm("rt", keep=".Lrdone", dead=".Lrcandidate")}
 """
 
 

@@ -132,35 +132,39 @@ def thread_shadow_asm(layout: RuntimeLayout, p: str, full: str, on_new: str, cpu
     {shadow_asm(layout)}"""
 
 
-def top_entry_asm(p: str, keep: str, dead: str) -> str:
+def top_entry_asm(p: str) -> str:
     """How the top entry of the shadow stack at rdi stands to a new call made at slot r11.
 
-    Out: r8 = top, rax = top << ENTRY_SHIFT, rcx = the top entry's slot.  Goes to
-    ``keep`` when the stack is empty (the header's first word, top, is then 0) or
-    the top entry is incomplete (slot 0: code this one interrupted is writing
-    it); to ``dead`` when its slot is below r11; to .L{p}same (see
-    :func:`same_slot_asm`, which the caller places out of the way) when it is
-    r11; and falls through when it is above r11: the caller's frame, unless an
-    exception is unwinding.  Clobbers the flags.
+    Out: r8 = top, rax = top << ENTRY_SHIFT, rcx = the top entry's slot.  Falls
+    through when that slot is above r11 (the caller's frame, unless an
+    exception is unwinding): the common case costs one compare.  Otherwise goes
+    to .L{p}notabove, which the caller places out of the way (:func:`not_above_asm`).
+    Clobbers the flags.
     """
     return f"""
     mov r8, qword ptr [rdi+{H_TOP}]
     mov rax, r8
     shl rax, {ENTRY_SHIFT}
     mov rcx, qword ptr [rdi+rax+{E_SLOT}]
+    cmp rcx, r11
+    jbe .L{p}notabove"""
+
+
+def not_above_asm(p: str, keep: str, dead: str) -> str:
+    """The top entry's slot is not above r11 (after :func:`top_entry_asm`).
+
+    ``keep`` when the stack is empty (the header's first word, top, was read
+    as the slot: 0), the entry is incomplete (slot 0: code this one interrupted
+    is writing it), or it is a tail call's (slot r11, still holding the
+    entry's hook); ``dead`` when the slot is below r11, or is r11 without the
+    hook: a frame left without returning.  Clobbers rdx and the flags.
+    """
+    return f"""
+.L{p}notabove:
     test rcx, rcx
     jz {keep}
     cmp rcx, r11
     jb {dead}
-    je .L{p}same"""
-
-
-def same_slot_asm(p: str, keep: str, dead: str) -> str:
-    """The top entry's slot is r11 (after :func:`top_entry_asm`): a tail call (``keep``) while
-    the slot still holds the entry's hook, else a frame left without returning (``dead``).
-    Clobbers rdx and the flags."""
-    return f"""
-.L{p}same:
     mov rdx, qword ptr [rdi+rax+{E_HOOK}]
     cmp qword ptr [r11], rdx
     je {keep}
